@@ -1,0 +1,27 @@
+"""notify: real-time browser notifications for Django over Server-Sent Events.
+
+``notify.publish(...)`` (sync) and ``await notify.apublish(...)`` (async) send
+a notification from any process; see ``notify.publish`` for the arguments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from notify.models import Notification
+
+
+def publish(**kwargs: Any) -> Notification:
+    from notify.publish import publish as _publish
+
+    return _publish(**kwargs)
+
+
+async def apublish(**kwargs: Any) -> Notification:
+    from notify.publish import apublish as _apublish
+
+    return await _apublish(**kwargs)
+
+
+__all__ = ["apublish", "publish"]

@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class NotifyConfig(AppConfig):
+    name = "notify"
+    verbose_name = "Notifications"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.core.signals import setting_changed
+
+        from notify import checks  # noqa: F401 - registers the system checks
+        from notify.broker import reset_brokers
+
+        setting_changed.connect(reset_brokers, dispatch_uid="notify.reset_brokers")

@@ -1,0 +1,254 @@
+"""The broker contract: how a published message reaches every open stream.
+
+A server process keeps one :class:`Fanout` per event loop. Every message
+published anywhere reaches that fanout once (through Redis, or directly for the
+in-process backend), is dispatched **in id order**, and is copied by reference
+into the bounded queue of each local :class:`Subscription` whose channels it
+names. Nothing is serialized per connection.
+
+Sequenced messages (``id > 0``) are notifications. Their ids come from the
+database, which commits them in id order, so a fanout that sees id ``N`` while
+its last id is below ``N - 1`` knows it missed something and asks its
+:class:`History` for the gap before dispatching ``N``. The same history is
+asked after a reconnect and every ``resync_seconds`` of silence, so a message
+lost in transit (Redis restarting, a publisher that could not reach Redis)
+still reaches every stream. Unsequenced messages (``id == 0``, e.g. read-state
+changes) are best-effort and dispatched as they come.
+
+A subscription whose queue is full is *lagged*: its owning task is cancelled,
+which ends that one HTTP response; the client reconnects with its cursor and
+replays from the database. Nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from notify import metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What travels through the broker.
+
+    ``id``: the notification id (0 for unsequenced messages). ``channels``: the
+    local routing keys it is for (``"all"``, ``"user:<pk>"``, ``"group:<pk>"``).
+    ``frame``: the SSE bytes sent to every matching stream, encoded once.
+    ``expires_at``: POSIX time after which it must not be delivered.
+    """
+
+    id: int
+    channels: tuple[str, ...]
+    frame: bytes
+    expires_at: float | None = None
+
+
+class History(Protocol):
+    """The source of truth a fanout reads gaps from (the database)."""
+
+    async def latest_id(self) -> int:
+        """The newest committed id (0 when there is none)."""
+
+    async def since(self, after: int, limit: int) -> list[Message]:
+        """Up to ``limit`` messages with ``id > after``, in id order."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One connection's view of the broker: a bounded queue of messages."""
+
+    channels: frozenset[str]
+    maxsize: int
+    owner: asyncio.Task[object] | None = None
+    lagged: bool = False
+    queue: asyncio.Queue[Message] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.maxsize)
+
+    async def get(self) -> Message:
+        """Wait for the next message."""
+        return await self.queue.get()
+
+    def get_nowait(self) -> Message | None:
+        """The next message if one is queued, else None."""
+        try:
+            return self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def deliver(self, message: Message) -> None:
+        if self.lagged:
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.lagged = True
+            metrics.SLOW_DISCONNECTS.inc()
+            logger.info("disconnecting a client %d messages behind", self.maxsize)
+            if self.owner is not None:
+                self.owner.cancel()
+
+
+class Fanout:
+    """Routes messages to local subscriptions, in id order, filling gaps."""
+
+    def __init__(self, history: History | None, *, batch: int = 500) -> None:
+        self.history = history
+        self.batch = batch
+        self.last_id = 0
+        self._by_channel: dict[str, set[Subscription]] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def subscriptions(self) -> set[Subscription]:
+        found: set[Subscription] = set()
+        for subs in self._by_channel.values():
+            found |= subs
+        return found
+
+    def channel_count(self) -> int:
+        return len(self._by_channel)
+
+    def add(self, sub: Subscription) -> None:
+        for channel in sub.channels:
+            self._by_channel.setdefault(channel, set()).add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        for channel in sub.channels:
+            subs = self._by_channel.get(channel)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_channel[channel]
+
+    async def start(self) -> None:
+        if self.history is not None:
+            self.last_id = await self.history.latest_id()
+
+    async def dispatch(self, message: Message) -> None:
+        if message.id == 0:
+            self._route(message)
+            return
+        async with self._lock:
+            if message.id <= self.last_id:
+                return
+            if message.id > self.last_id + 1 and self.history is not None:
+                await self._catch_up(through=message.id - 1)
+            self._route(message)
+            self.last_id = message.id
+
+    async def resync(self) -> None:
+        """Deliver whatever the history holds past our last id."""
+        if self.history is None:
+            return
+        async with self._lock:
+            await self._catch_up(through=None)
+
+    async def _catch_up(self, *, through: int | None) -> None:
+        history = self.history
+        if history is None:
+            return
+        while True:
+            found = await history.since(self.last_id, self.batch)
+            for message in found:
+                if through is not None and message.id > through:
+                    return
+                metrics.RECOVERED.inc()
+                self._route(message)
+                self.last_id = message.id
+            if len(found) < self.batch:
+                return
+
+    def _route(self, message: Message) -> None:
+        if len(message.channels) == 1:
+            targets: Iterable[Subscription] = self._by_channel.get(
+                message.channels[0], ()
+            )
+        else:
+            found: set[Subscription] = set()
+            for channel in message.channels:
+                found.update(self._by_channel.get(channel, ()))
+            targets = found
+        for sub in tuple(targets):
+            sub.deliver(message)
+
+
+class Broker:
+    """Base of every backend: one instance per event loop (see ``get_broker``).
+
+    Backends implement :meth:`_start` (connect and begin receiving, called once
+    before the first subscription), :meth:`_send` (hand a message to every
+    process) and :meth:`aclose`.
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        *,
+        history: History | None = None,
+        queue_size: int = 256,
+        resync_seconds: float = 5.0,
+    ) -> None:
+        self.fanout = Fanout(history)
+        self.queue_size = queue_size
+        self.resync_seconds = resync_seconds
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def publish(self, message: Message) -> None:
+        """Send ``message`` to every subscriber in every process."""
+        await self._send(message)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, channels: Iterable[str], *, owner: asyncio.Task[object] | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Receive messages for ``channels`` until the block exits.
+
+        ``owner`` is the task cancelled if this subscription falls behind.
+        """
+        await self._ensure_started()
+        sub = Subscription(frozenset(channels), self.queue_size, owner)
+        self.fanout.add(sub)
+        metrics.OPEN_STREAMS.inc()
+        try:
+            yield sub
+        finally:
+            self.fanout.remove(sub)
+            metrics.OPEN_STREAMS.dec()
+
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                await self._start()
+                self._started = True
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _send(self, message: Message) -> None:
+        raise NotImplementedError
+
+    async def ping(self) -> bool:
+        """True when the backend can deliver right now."""
+        return True
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Broker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,62 @@
+"""System checks for the ``NOTIFY_*`` settings.
+
+Ids are stable: notify.E001 heartbeat, E002 retry, E003 padding, E004
+retention, E005 publish rate, E006 queue size, E007 replay batch, E008 resync,
+E009 sync threads, E010 broker; notify.W001 the insecure development key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from notify.conf import DEFAULTS, PARSERS
+
+IDS = {
+    "NOTIFY_HEARTBEAT_SECONDS": "notify.E001",
+    "NOTIFY_RETRY_MS": "notify.E002",
+    "NOTIFY_PADDING_BYTES": "notify.E003",
+    "NOTIFY_RETENTION_DAYS": "notify.E004",
+    "NOTIFY_PUBLISH_RATE": "notify.E005",
+    "NOTIFY_QUEUE_SIZE": "notify.E006",
+    "NOTIFY_REPLAY_BATCH": "notify.E007",
+    "NOTIFY_RESYNC_SECONDS": "notify.E008",
+    "NOTIFY_SYNC_THREADS": "notify.E009",
+}
+
+
+@register(Tags.compatibility)
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    found: list[CheckMessage] = []
+    for name, check_id in IDS.items():
+        value = getattr(settings, name, DEFAULTS[name])
+        try:
+            PARSERS[name](value)
+        except ValueError as exc:
+            found.append(Error(f"{name}: {exc}", id=check_id))
+    found.extend(_check_broker())
+    if settings.SECRET_KEY.startswith("django-insecure-notify") and not settings.DEBUG:
+        found.append(
+            Warning(
+                "SECRET_KEY is the built-in development key.",
+                hint="Set the SECRET_KEY environment variable in production.",
+                id="notify.W001",
+            )
+        )
+    return found
+
+
+def _check_broker() -> list[CheckMessage]:
+    from notify.broker import make_broker
+
+    config = getattr(settings, "NOTIFY_BROKER", DEFAULTS["NOTIFY_BROKER"])
+    if not isinstance(config, dict) or "BACKEND" not in config:
+        return [Error("NOTIFY_BROKER: must be a dict with a BACKEND", id="notify.E010")]
+    try:
+        make_broker({**config, "HISTORY": None})
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="notify.E010")]
+    return []

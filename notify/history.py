@@ -1,0 +1,172 @@
+"""Reading notifications back: visibility, replay, read state, retention.
+
+Everything here is synchronous ORM code; async callers go through the
+``a*`` wrappers, each one ``sync_to_async`` hop doing all of its queries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
+from django.db import close_old_connections, transaction
+from django.db.models import Max, Q, QuerySet
+from django.utils import timezone
+
+from notify import wire
+from notify.broker import Message
+from notify.conf import conf
+from notify.models import Audience, Notification, ReadCursor, ReadMark, RetentionMark
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is reading: fixed when a stream or poll starts."""
+
+    user_id: int
+    group_ids: frozenset[int]
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(
+            {"all", f"user:{self.user_id}"} | {f"group:{g}" for g in self.group_ids}
+        )
+
+
+def load_viewer(user: AbstractBaseUser | AnonymousUser) -> Viewer:
+    group_ids = Group.objects.filter(user__pk=user.pk).values_list("id", flat=True)
+    return Viewer(int(user.pk), frozenset(group_ids))
+
+
+def visible(user_id: int, now: datetime | None = None) -> QuerySet[Notification]:
+    """Notifications addressed to this user, directly, by group or to all,
+    that have not expired."""
+    now = now or timezone.now()
+    to_user = Notification.users.through.objects.filter(user_id=user_id)
+    to_group = Notification.groups.through.objects.filter(group__user__id=user_id)
+    addressed = (
+        Q(audience=Audience.ALL)
+        | Q(audience=Audience.USER, id__in=to_user.values("notification_id"))
+        | Q(audience=Audience.GROUP, id__in=to_group.values("notification_id"))
+    )
+    alive = Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    return Notification.objects.filter(addressed & alive)
+
+
+def read_up_to(user_id: int) -> int:
+    cursor = ReadCursor.objects.filter(user_id=user_id).values_list("up_to", flat=True)
+    return next(iter(cursor), 0)
+
+
+def unread(user_id: int) -> QuerySet[Notification]:
+    marks = ReadMark.objects.filter(user_id=user_id).values("notification_id")
+    return visible(user_id).filter(id__gt=read_up_to(user_id)).exclude(id__in=marks)
+
+
+def read_flags(user_id: int, ids: list[int]) -> dict[int, bool]:
+    up_to = read_up_to(user_id)
+    marked = set(
+        ReadMark.objects.filter(user_id=user_id, notification_id__in=ids).values_list(
+            "notification_id", flat=True
+        )
+    )
+    return {i: i <= up_to or i in marked for i in ids}
+
+
+def newest_visible_id(user_id: int) -> int:
+    return visible(user_id).aggregate(m=Max("id"))["m"] or 0
+
+
+def cursor_expired(cursor: int) -> bool:
+    mark = RetentionMark.objects.filter(pk=1).values_list("pruned_through", flat=True)
+    return cursor < next(iter(mark), 0)
+
+
+def replay_batch(user_id: int, after: int, limit: int) -> list[wire.WireNotification]:
+    """The next ``limit`` visible notifications with ``id > after``, oldest first."""
+    rows = list(visible(user_id).filter(id__gt=after).order_by("id")[:limit])
+    flags = read_flags(user_id, [n.id for n in rows])
+    return [wire.to_wire(n, read=flags[n.id]) for n in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    last_id: int
+    reset: bool
+
+
+def stream_start(user_id: int, cursor: int | None) -> StreamStart:
+    newest = newest_visible_id(user_id)
+    reset = cursor is not None and cursor > 0 and cursor_expired(cursor)
+    return StreamStart(max(newest, cursor or 0), reset)
+
+
+def messages_since(after: int, limit: int) -> list[Message]:
+    rows = list(
+        Notification.objects.filter(id__gt=after)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .order_by("id")[:limit]
+    )
+    ids = [n.id for n in rows]
+    users: dict[int, list[int]] = defaultdict(list)
+    groups: dict[int, list[int]] = defaultdict(list)
+    through_u = Notification.users.through.objects.filter(notification_id__in=ids)
+    for nid, uid in through_u.values_list("notification_id", "user_id"):
+        users[nid].append(uid)
+    through_g = Notification.groups.through.objects.filter(notification_id__in=ids)
+    for nid, gid in through_g.values_list("notification_id", "group_id"):
+        groups[nid].append(gid)
+    return [
+        wire.message(n, users[n.id], groups[n.id])
+        for n in rows
+        if n.audience == Audience.ALL or users[n.id] or groups[n.id]
+    ]
+
+
+def latest_id() -> int:
+    return Notification.objects.aggregate(m=Max("id"))["m"] or 0
+
+
+def _fresh(func):  # type: ignore[no-untyped-def]
+    """Run ``func`` on a connection that is known to be usable (for the
+    broker's background task, which lives longer than any request)."""
+
+    def run(*args):  # type: ignore[no-untyped-def]
+        close_old_connections()
+        return func(*args)
+
+    return run
+
+
+class DatabaseHistory:
+    """The broker's :class:`~notify.broker.History`, backed by the database."""
+
+    async def latest_id(self) -> int:
+        return await sync_to_async(_fresh(latest_id))()  # type: ignore[no-any-return]
+
+    async def since(self, after: int, limit: int) -> list[Message]:
+        return await sync_to_async(_fresh(messages_since))(after, limit)  # type: ignore[no-any-return]
+
+
+def prune(now: datetime | None = None) -> int:
+    """Delete notifications older than the retention period; return how many."""
+    cutoff = (now or timezone.now()) - timedelta(days=conf.retention_days)
+    with transaction.atomic():
+        old = Notification.objects.filter(created_at__lt=cutoff)
+        newest_old = old.aggregate(m=Max("id"))["m"]
+        if newest_old is None:
+            return 0
+        mark, _ = RetentionMark.objects.get_or_create(pk=1)
+        if newest_old > mark.pruned_through:
+            mark.pruned_through = newest_old
+            mark.save(update_fields=["pruned_through"])
+        deleted, _ = Notification.objects.filter(id__lte=newest_old).delete()
+    return deleted
+
+
+aload_viewer = sync_to_async(load_viewer)
+astream_start = sync_to_async(stream_start)
+areplay_batch = sync_to_async(replay_batch)

@@ -1,0 +1,210 @@
+"""Publishing: validate, authorize, commit, then fan out.
+
+The database is the source of truth: a notification is committed before any
+stream hears of it, and if the broker cannot be reached the notification still
+stands; every server process reads it back from the database once its broker
+connection returns (see ``broker/base.py``).
+
+Ids must become visible in id order, or a stream that sent id 11 could later
+skip a late-committing id 10. SQLite serializes writers already (IMMEDIATE
+transactions); on PostgreSQL a transaction-level advisory lock does it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.db import connection, transaction
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from notify import history, metrics, wire
+from notify.broker import Broker, Message, forget_broker, get_broker, has_broker
+from notify.conf import conf
+from notify.exceptions import RateLimitedError, ValidationError
+from notify.models import Audience, Notification
+from notify.validation import Draft, validate
+
+logger = logging.getLogger(__name__)
+
+_ADVISORY_LOCK = 0x6E6F7469  # "noti"
+_PRUNE_EVERY = 3600.0
+_last_prune = 0.0
+
+
+@dataclass(frozen=True)
+class Published:
+    notification: Notification
+    message: Message
+
+
+def _serialize_publishers() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
+
+
+def _check_rate(sender: AbstractBaseUser, now: datetime) -> None:
+    rate = conf.publish_rate
+    window = Notification.objects.filter(
+        sender=sender, created_at__gt=now - timedelta(seconds=rate.period)
+    ).order_by("created_at")
+    if window.count() >= rate.count:
+        oldest = window.values_list("created_at", flat=True)[0]
+        wait = (oldest + timedelta(seconds=rate.period) - now).total_seconds()
+        raise RateLimitedError(max(1, math.ceil(wait)))
+
+
+def _resolve(draft: Draft) -> tuple[list[int], list[int], int]:
+    users = get_user_model().objects
+    if draft.audience == Audience.USER:
+        found = dict(
+            users.filter(username__in=draft.usernames).values_list("username", "pk")
+        )
+        missing = [u for u in draft.usernames if u not in found]
+        if missing:
+            raise ValidationError(
+                {"audience": [f"Unknown users: {', '.join(missing)}."]}
+            )
+        user_ids = list(found.values())
+        return user_ids, [], users.filter(pk__in=user_ids, is_active=True).count()
+    if draft.audience == Audience.GROUP:
+        found = dict(
+            Group.objects.filter(name__in=draft.group_names).values_list("name", "pk")
+        )
+        missing = [g for g in draft.group_names if g not in found]
+        if missing:
+            raise ValidationError(
+                {"audience": [f"Unknown groups: {', '.join(missing)}."]}
+            )
+        group_ids = list(found.values())
+        count = users.filter(groups__in=group_ids, is_active=True).distinct().count()
+        return [], group_ids, count
+    return [], [], users.filter(is_active=True).count()
+
+
+def persist(draft: Draft, sender: AbstractBaseUser | None = None) -> Published:
+    """Save ``draft`` (in the caller's transaction, if any) and return it with
+    its broker message."""
+    with transaction.atomic():
+        _serialize_publishers()
+        now = timezone.now()
+        if sender is not None:
+            _check_rate(sender, now)
+        user_ids, group_ids, recipients = _resolve(draft)
+        n = Notification.objects.create(
+            level=draft.level,
+            title=draft.title,
+            body=draft.body,
+            url=draft.url,
+            data=draft.data,
+            created_at=now,
+            expires_at=draft.expires_at,
+            audience=draft.audience,
+            sender=sender,
+            recipients=recipients,
+        )
+        if user_ids:
+            n.users.set(user_ids)
+        if group_ids:
+            n.groups.set(group_ids)
+    _maybe_prune()
+    return Published(n, wire.message(n, user_ids, group_ids))
+
+
+def _maybe_prune() -> None:
+    global _last_prune
+    now = time.monotonic()
+    if now - _last_prune < _PRUNE_EVERY:
+        return
+    _last_prune = now
+    try:
+        removed = history.prune()
+    except Exception:
+        logger.exception("pruning old notifications failed")
+    else:
+        if removed:
+            logger.info("removed %d notifications past retention", removed)
+
+
+async def send(
+    message: Message, broker: Broker | None = None, *, count: bool = True
+) -> bool:
+    """Hand a message to the broker. False (logged) when the broker is
+    unreachable: for notifications, the servers' resync delivers it later."""
+    if count:
+        metrics.PUBLISHED.inc()
+    temporary = broker is None and not has_broker()
+    broker = broker or get_broker()
+    try:
+        await broker.publish(message)
+        return True
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.warning("message %d not broadcast now (%s)", message.id, exc)
+        return False
+    finally:
+        if temporary:
+            forget_broker()
+            await broker.aclose()
+
+
+def _draft(fields: dict[str, Any]) -> Draft:
+    payload = {k: v for k, v in fields.items() if v is not None}
+    return validate(payload)
+
+
+async def apublish(
+    *,
+    title: str,
+    audience: str | dict[str, list[str]] = "all",
+    body: str = "",
+    level: str = "info",
+    url: str | None = None,
+    data: dict[str, Any] | None = None,
+    expires_at: datetime | str | None = None,
+    sender: AbstractBaseUser | None = None,
+) -> Notification:
+    """Publish a notification from async code; return it once committed.
+
+    Raises :class:`~notify.exceptions.ValidationError` (bad fields, unknown
+    users or groups) or :class:`~notify.exceptions.RateLimitedError`.
+    """
+    draft = _draft(
+        {"audience": audience, "title": title, "body": body, "level": level}
+        | {"url": url, "data": data, "expires_at": expires_at}
+    )
+    published = await sync_to_async(persist)(draft, sender)
+    await send(published.message)
+    return published.notification
+
+
+def publish(
+    *,
+    title: str,
+    audience: str | dict[str, list[str]] = "all",
+    body: str = "",
+    level: str = "info",
+    url: str | None = None,
+    data: dict[str, Any] | None = None,
+    expires_at: datetime | str | None = None,
+    sender: AbstractBaseUser | None = None,
+) -> Notification:
+    """Publish from sync code (a shell, a management command, a worker).
+
+    Inside ``transaction.atomic()`` the broadcast waits for the commit.
+    """
+    draft = _draft(
+        {"audience": audience, "title": title, "body": body, "level": level}
+        | {"url": url, "data": data, "expires_at": expires_at}
+    )
+    published = persist(draft, sender)
+    transaction.on_commit(lambda: async_to_sync(send)(published.message))
+    return published.notification

@@ -1,0 +1,128 @@
+"""One implementation of "what this viewer receives", two transports.
+
+``event_stream`` is the body of ``GET /events/``: one async generator per
+connection that owns its subscription. ``poll`` answers ``GET /events/poll``.
+Both subscribe *first*, then read the database, then use live messages,
+skipping ids already sent, so nothing published meanwhile is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from notify import metrics, sse
+from notify.broker import Message, get_broker
+from notify.conf import conf
+from notify.history import Viewer, areplay_batch, astream_start
+from notify.wire import WireNotification
+
+logger = logging.getLogger(__name__)
+
+_MAX_COALESCE = 64  # live frames written in one send
+
+
+def _prelude() -> bytes:
+    return sse.padding(conf.padding_bytes) + sse.retry(conf.retry_ms)
+
+
+def _notification(w: WireNotification) -> bytes:
+    return sse.event("notification", w, id=w["id"])
+
+
+def _alive(message: Message, now: float) -> bool:
+    return message.expires_at is None or message.expires_at > now
+
+
+async def event_stream(viewer: Viewer, cursor: int | None) -> AsyncIterator[bytes]:
+    """The bytes of one event stream, from prelude to disconnect."""
+    yield _prelude()
+    broker = get_broker()
+    heartbeat = conf.heartbeat_seconds
+    try:
+        async with broker.subscribe(
+            viewer.channels, owner=asyncio.current_task()
+        ) as sub:
+            start = await astream_start(viewer.user_id, cursor)
+            head = b""
+            if start.reset:
+                head = sse.event("reset", {"reason": "cursor-expired"})
+                cursor = 0
+            beat = int(heartbeat) if heartbeat.is_integer() else heartbeat
+            ready = {"last_id": start.last_id, "heartbeat": beat}
+            yield head + sse.event("ready", ready)
+
+            last_sent = start.last_id if cursor is None else cursor
+            if cursor is not None:
+                async for chunk, replayed_through in _replay(viewer, cursor):
+                    last_sent = replayed_through
+                    yield chunk
+
+            while True:
+                try:
+                    async with asyncio.timeout(heartbeat):
+                        message: Message | None = await sub.get()
+                except TimeoutError:
+                    yield sse.PING
+                    continue
+                chunks: list[bytes] = []
+                now = time.time()
+                while message is not None:
+                    if message.id == 0:
+                        chunks.append(message.frame)
+                    elif message.id > last_sent and _alive(message, now):
+                        chunks.append(message.frame)
+                        last_sent = message.id
+                        metrics.DELIVERED.inc()
+                    message = sub.get_nowait() if len(chunks) < _MAX_COALESCE else None
+                if chunks:
+                    yield b"".join(chunks)
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception:
+        # Headers are gone: the error becomes one event and the stream ends;
+        # the client reconnects with its cursor.
+        logger.exception("event stream failed")
+        yield sse.event("stream-error", {"reason": "server-error"})
+
+
+async def _replay(viewer: Viewer, after: int) -> AsyncIterator[tuple[bytes, int]]:
+    batch = conf.replay_batch
+    while True:
+        rows = await areplay_batch(viewer.user_id, after, batch)
+        if rows:
+            after = rows[-1]["id"]
+            metrics.REPLAYED.inc(len(rows))
+            metrics.DELIVERED.inc(len(rows))
+            yield b"".join(_notification(w) for w in rows), after
+        if len(rows) < batch:
+            return
+
+
+async def poll(viewer: Viewer, after: int | None, wait: float) -> dict[str, Any]:
+    """Notifications newer than ``after``, waiting up to ``wait`` seconds."""
+    broker = get_broker()
+    deadline = time.monotonic() + wait
+    async with broker.subscribe(viewer.channels) as sub:
+        if after is None:
+            after = (await astream_start(viewer.user_id, None)).last_id
+        rows = await areplay_batch(viewer.user_id, after, conf.replay_batch)
+        while not rows:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    message = await sub.get()
+            except TimeoutError:
+                break
+            if message.id > after:
+                rows = await areplay_batch(viewer.user_id, after, conf.replay_batch)
+    metrics.DELIVERED.inc(len(rows))
+    return {
+        "events": [{"id": w["id"], "event": "notification", "data": w} for w in rows],
+        "last_id": rows[-1]["id"] if rows else after,
+    }

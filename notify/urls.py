@@ -1,0 +1,17 @@
+from django.urls import path
+
+from notify.views import api, events, service
+
+urlpatterns = [
+    path("events/", events.stream, name="events"),
+    path("events/poll", events.poll_events, name="events-poll"),
+    path("api/notifications", api.notifications, name="notifications"),
+    path("api/notifications/read-all", api.mark_all_read, name="read-all"),
+    path(
+        "api/notifications/<int:notification_id>/read",
+        api.mark_read,
+        name="read",
+    ),
+    path("healthz", service.healthz, name="healthz"),
+    path("metrics", service.metrics_view, name="metrics"),
+]

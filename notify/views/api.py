@@ -1,0 +1,128 @@
+"""The JSON API: publish, inbox, read state."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from notify import inbox, wire
+from notify.exceptions import RateLimitedError, ValidationError
+from notify.permissions import Caller, acaller, can_publish
+from notify.publish import persist, send
+from notify.validation import validate
+from notify.views.http import (
+    csrf_rejected,
+    error,
+    field_errors,
+    int_param,
+    json_response,
+    methods,
+    unauthenticated,
+)
+
+MAX_BODY = 64 * 1024
+LIST_DEFAULT, LIST_MAX = 50, 200
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_body(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
+    content_type = request.content_type or ""
+    if content_type.lower() != "application/json":
+        return None, error(415, "Content-Type must be application/json")
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    try:
+        if declared > MAX_BODY or len(request.body) > MAX_BODY:
+            return None, error(413, f"request body over {MAX_BODY // 1024} KiB")
+        text = request.body.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant), None
+    except RequestDataTooBig:
+        return None, error(413, f"request body over {MAX_BODY // 1024} KiB")
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, error(400, f"malformed JSON: {exc}")
+
+
+async def _publish(request: HttpRequest, caller: Caller) -> HttpResponse:
+    if not can_publish(caller):
+        return error(403, "this account may not publish notifications")
+    if rejected := csrf_rejected(request, caller):
+        return rejected
+    payload, problem = _json_body(request)
+    if problem is not None:
+        return problem
+    try:
+        draft = validate(payload)
+        published = await sync_to_async(persist)(draft, caller.user)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        return field_errors(exc.errors)
+    except RateLimitedError as exc:
+        return error(429, str(exc), Retry_After=str(exc.retry_after))
+    await send(published.message)
+    n = published.notification
+    return json_response({**wire.to_wire(n), "recipients": n.recipients}, status=201)
+
+
+async def _list(request: HttpRequest, caller: Caller) -> HttpResponse:
+    errors: dict[str, list[str]] = {}
+    unread = request.GET.get("unread", "0").lower()
+    if unread not in ("0", "1", "true", "false", ""):
+        errors["unread"] = ["Must be 1 or 0."]
+    before = int_param(request, ["before"], errors, minimum=1)
+    limit = int_param(request, ["limit"], errors, minimum=1, maximum=LIST_MAX)
+    if errors:
+        return field_errors(errors)
+    result = await inbox.apage(
+        int(caller.user.pk),
+        unread_only=unread in ("1", "true"),
+        before=before,
+        limit=limit or LIST_DEFAULT,
+    )
+    response = json_response(result)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@csrf_exempt
+@methods("GET", "POST")
+async def notifications(request: HttpRequest) -> HttpResponse:
+    caller = await acaller(request)
+    if not caller.authenticated:
+        return unauthenticated(caller)
+    if request.method == "POST":
+        return await _publish(request, caller)
+    return await _list(request, caller)
+
+
+@csrf_exempt
+@methods("POST")
+async def mark_read(request: HttpRequest, notification_id: int) -> HttpResponse:
+    caller = await acaller(request)
+    if not caller.authenticated:
+        return unauthenticated(caller)
+    if rejected := csrf_rejected(request, caller):
+        return rejected
+    if not await inbox.amark_read(int(caller.user.pk), notification_id):
+        return error(404, "no such notification")
+    return HttpResponse(status=204)
+
+
+@csrf_exempt
+@methods("POST")
+async def mark_all_read(request: HttpRequest) -> HttpResponse:
+    caller = await acaller(request)
+    if not caller.authenticated:
+        return unauthenticated(caller)
+    if rejected := csrf_rejected(request, caller):
+        return rejected
+    await inbox.amark_all_read(int(caller.user.pk))
+    return HttpResponse(status=204)

@@ -1,0 +1,97 @@
+"""Small helpers shared by the JSON endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+
+from notify.permissions import Caller
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
+
+
+def json_response(data: Any, status: int = 200) -> JsonResponse:
+    """JSON on one line, no padding (the wire format)."""
+    return JsonResponse(data, status=status, safe=False, json_dumps_params=COMPACT)
+
+
+def error(status: int, message: str, **headers: str) -> JsonResponse:
+    response = json_response({"error": message}, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def field_errors(errors: dict[str, list[str]], status: int = 400) -> JsonResponse:
+    return json_response({"errors": errors}, status=status)
+
+
+def unauthenticated(caller: Caller) -> JsonResponse:
+    message = "invalid API token" if caller.bad_token else "authentication required"
+    return error(401, message, WWW_Authenticate='Bearer realm="notify"')
+
+
+def methods(*allowed: str) -> Callable[[View], View]:
+    """Answer other methods with a JSON 405 (Django's is HTML)."""
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        async def wrapper(
+            request: HttpRequest, *args: Any, **kwargs: Any
+        ) -> HttpResponse:
+            if request.method not in allowed:
+                return error(
+                    405,
+                    f"method {request.method} not allowed",
+                    Allow=", ".join(allowed),
+                )
+            return await view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def csrf_rejected(request: HttpRequest, caller: Caller) -> JsonResponse | None:
+    """Session-authenticated writes need Django's CSRF token; bearer tokens
+    are not sent automatically by browsers, so they need none."""
+    if not caller.by_session:
+        return None
+    check = CsrfViewMiddleware(lambda r: HttpResponse())
+    check.process_request(request)
+    if check.process_view(request, lambda r: HttpResponse(), (), {}) is not None:
+        return error(403, "CSRF token missing or incorrect")
+    return None
+
+
+def int_param(
+    request: HttpRequest,
+    names: Iterable[str],
+    errors: dict[str, list[str]],
+    *,
+    minimum: int = 0,
+    maximum: int | None = None,
+) -> int | None:
+    """The first of ``names`` present in the query string, as an int."""
+    for name in names:
+        raw = request.GET.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            errors[name] = ["Must be an integer."]
+            return None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            errors[name] = [f"Must be at least {minimum}{upper}."]
+            return None
+        return value
+    return None

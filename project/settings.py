@@ -1,0 +1,190 @@
+"""Django settings for notify, read from the environment.
+
+This is the only module that reads environment variables. Every bad value
+raises ``ImproperlyConfigured`` naming its key, so a misconfigured server fails
+at start instead of at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from notify.conf import parse_bool, parse_int, parse_rate, parse_seconds
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+INSECURE_DEV_KEY = "django-insecure-notify-development-key-change-me"
+
+
+def env(name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from exc
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _hosts(value: str) -> list[str]:
+    hosts = [h.strip() for h in value.split(",") if h.strip()]
+    if not hosts:
+        raise ValueError("expected a comma-separated list of host names")
+    return hosts
+
+
+def _database(value: str) -> dict[str, Any]:
+    try:
+        config = dj_database_url.parse(value, conn_max_age=600, conn_health_checks=True)
+    except Exception as exc:  # the library raises bare Exceptions and KeyErrors
+        raise ValueError(f"cannot parse {value!r}: {exc}") from exc
+    if not config.get("ENGINE"):
+        raise ValueError(f"unsupported database URL {value!r}")
+    return dict(config)
+
+
+def _redis_url(value: str) -> str:
+    value = value.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return value
+
+
+DEBUG = env("DEBUG", parse_bool, False)
+SECRET_KEY = env("SECRET_KEY", _nonempty, INSECURE_DEV_KEY)
+ALLOWED_HOSTS = env("ALLOWED_HOSTS", _hosts, ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env(
+    "CSRF_TRUSTED_ORIGINS",
+    lambda v: [o.strip() for o in v.split(",") if o.strip()],
+    [],
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "notify",
+]
+
+# No GZipMiddleware: it would buffer the event stream (and compressing a
+# stream of tiny events buys nothing).
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_default_db = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+DATABASES = {"default": env("DATABASE_URL", _database, _database(_default_db))}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions take the write lock up front, so concurrent
+    # publishers queue instead of failing with "database is locked"; WAL lets
+    # readers (streams replaying) run beside a writer.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = env("STATIC_ROOT", _nonempty, str(BASE_DIR / "var" / "static"))
+
+# The publish API bounds bodies itself (413 past 64 KiB); Django's own limit
+# sits above it so that check is the one that answers.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+REDIS_URL = env("REDIS_URL", _redis_url, "")
+NOTIFY_REDIS_PREFIX = env("NOTIFY_REDIS_PREFIX", _nonempty, "notify:")
+if REDIS_URL:
+    NOTIFY_BROKER = {
+        "BACKEND": "notify.broker.redis.RedisBroker",
+        "OPTIONS": {"url": REDIS_URL, "prefix": NOTIFY_REDIS_PREFIX},
+    }
+else:
+    NOTIFY_BROKER = {"BACKEND": "notify.broker.memory.MemoryBroker", "OPTIONS": {}}
+
+NOTIFY_HEARTBEAT_SECONDS = env(
+    "NOTIFY_HEARTBEAT_SECONDS", lambda v: parse_seconds(v, minimum=1), 15.0
+)
+NOTIFY_RETRY_MS = env("NOTIFY_RETRY_MS", lambda v: parse_int(v, minimum=0), 3000)
+NOTIFY_PADDING_BYTES = env(
+    "NOTIFY_PADDING_BYTES", lambda v: parse_int(v, minimum=0), 2048
+)
+NOTIFY_RETENTION_DAYS = env(
+    "NOTIFY_RETENTION_DAYS", lambda v: parse_int(v, minimum=1), 30
+)
+NOTIFY_PUBLISH_RATE = env("NOTIFY_PUBLISH_RATE", parse_rate, parse_rate("60/m"))
+NOTIFY_QUEUE_SIZE = env("NOTIFY_QUEUE_SIZE", lambda v: parse_int(v, minimum=1), 256)
+NOTIFY_RESYNC_SECONDS = env(
+    "NOTIFY_RESYNC_SECONDS", lambda v: parse_seconds(v, minimum=0.1), 5.0
+)
+NOTIFY_SYNC_THREADS = env("NOTIFY_SYNC_THREADS", lambda v: parse_int(v, minimum=1), 4)
+NOTIFY_METRICS_TOKEN = env("NOTIFY_METRICS_TOKEN", str, "")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "notify": {
+            "handlers": ["console"],
+            "level": env("NOTIFY_LOG_LEVEL", _nonempty, "INFO"),
+        },
+    },
+}
