@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from notify.tokens import create_token
+from tests.support.servers import RedisServer, UvicornServer
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-url",
+        default=os.environ.get("NOTIFY_TEST_REDIS_URL", ""),
+        help="use this Redis instead of starting redis-server",
+    )
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def test_db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("db") / "notify-test.sqlite3"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(test_db_path: Path) -> None:
+    # A file, not in-memory SQLite: uvicorn processes share it with the tests.
+    from django.conf import settings
+
+    settings.DATABASES["default"]["TEST"]["NAME"] = str(test_db_path)
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer, request: pytest.FixtureRequest) -> str:
+    import redis
+
+    url = request.config.getoption("--redis-url") or redis_server.url
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def server_env(test_db_path: Path) -> dict[str, str]:
+    """Environment for a uvicorn server sharing the test database."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NOTIFY_", "REDIS_URL", "DATABASE_URL", "DJANGO_"))
+    }
+    env.update(
+        DATABASE_URL=f"sqlite:///{test_db_path}",
+        DJANGO_SETTINGS_MODULE="project.settings",
+        NOTIFY_HEARTBEAT_SECONDS="2",
+        NOTIFY_RESYNC_SECONDS="1",
+        NOTIFY_PADDING_BYTES="0",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def start_server(
+    workdir: Path, server_env: dict[str, str], transactional_db: None
+) -> Iterator[Callable[..., UvicornServer]]:
+    """Start uvicorn servers (``start_server(REDIS_URL=..., name=...)``);
+    all are stopped at teardown."""
+    started: list[UvicornServer] = []
+
+    def start(name: str = "app", **env: str) -> UvicornServer:
+        server = UvicornServer(workdir, server_env | env, name)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def users(transactional_db: None) -> dict[str, User]:
+    ops = Group.objects.create(name="ops")
+    Group.objects.create(name="sales")
+    made = {
+        "admin": User.objects.create_superuser(
+            "admin", "admin@example.com", "pw-admin"
+        ),
+        "alice": User.objects.create_user("alice", password="pw-alice"),
+        "bob": User.objects.create_user("bob", password="pw-bob"),
+        "carol": User.objects.create_user("carol", password="pw-carol"),
+    }
+    made["bob"].groups.add(ops)
+    return made
+
+
+@pytest.fixture
+def tokens(users: dict[str, User]) -> dict[str, str]:
+    """A bearer token per user; the admin's may publish."""
+    return {
+        name: create_token(user, can_publish=(name == "admin"))[1]
+        for name, user in users.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

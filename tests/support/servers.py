@@ -1,0 +1,163 @@
+"""Real servers for the tests: redis-server and uvicorn, on free loopback ports.
+
+Every wait is bounded; every process is stopped (and reaped) at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready within {timeout}s")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def need(binary: str, package: str) -> str:
+    found = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
+    )
+    if not found:
+        raise RuntimeError(
+            f"{binary} is not installed: run scripts/test (it installs it), "
+            f"or `apt-get install {package}`"
+        )
+    return found
+
+
+class Process:
+    """A child process with a bounded, reaping stop()."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.argv, self.env, self.log = argv, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._log_file = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self._log_file.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class RedisServer(Process):
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        binary = need("redis-server", "redis-server")
+        argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ]
+        super().__init__(argv, dict(os.environ), workdir / f"redis-{self.port}.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: _port_open(self.port), 10, "redis-server")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        super().stop(sig, timeout)
+        wait_for(lambda: not _port_open(self.port), 10, "redis-server shutdown")
+
+
+class UvicornServer(Process):
+    """``uvicorn project.asgi:application`` as deployed, on its own port."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], name: str = "app") -> None:
+        self.port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--lifespan",
+            "off",
+            "--timeout-graceful-shutdown",
+            "2",
+            "--no-access-log",
+        ]
+        super().__init__(argv, env, workdir / f"uvicorn-{name}-{self.port}.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+
+        def healthy() -> bool:
+            if not self.running:
+                raise RuntimeError(f"uvicorn exited:\n{self.output()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            return False
+
+        wait_for(healthy, 30, f"uvicorn on {self.port}")

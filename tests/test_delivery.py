@@ -1,0 +1,61 @@
+"""End to end: real uvicorn servers, real Redis, a publisher in another process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import httpx
+
+from tests.conftest import auth
+from tests.support.sse import Event, events
+
+
+async def _collect(url: str, token: str, until: int, seen: list[Event]) -> None:
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", url + "/events/", headers=auth(token)) as response,
+    ):
+        assert response.status_code == 200
+        async for event in events(response):
+            seen.append(event)
+            if event.event == "notification" and event.json()["id"] >= until:
+                return
+
+
+async def test_cross_process_delivery_reaches_every_client_once(
+    start_server, redis_url, tokens, server_env
+):
+    one = start_server("one", REDIS_URL=redis_url)
+    two = start_server("two", REDIS_URL=redis_url)
+    seen: dict[str, list[Event]] = {"alice@one": [], "bob@two": [], "carol@two": []}
+    readers = [
+        asyncio.create_task(_collect(one.url, tokens["alice"], 1, seen["alice@one"])),
+        asyncio.create_task(_collect(two.url, tokens["bob"], 1, seen["bob@two"])),
+        asyncio.create_task(_collect(two.url, tokens["carol"], 1, seen["carol@two"])),
+    ]
+    async with asyncio.timeout(10):
+        while not all(any(e.event == "ready" for e in s) for s in seen.values()):
+            await asyncio.sleep(0.05)
+
+    env = server_env | {"REDIS_URL": redis_url}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "manage.py", "notify_send", "--all", "--title", "Deploy at 5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.getcwd(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*readers)
+    for who, got in seen.items():
+        notes = [e for e in got if e.event == "notification"]
+        assert [e.json()["title"] for e in notes] == ["Deploy at 5"], who
+        assert [e.id for e in notes] == ["1"], who
