@@ -7,8 +7,10 @@ Everything here is synchronous ORM code; async callers go through the
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
@@ -20,6 +22,9 @@ from notify import wire
 from notify.broker import Message
 from notify.conf import conf
 from notify.models import Audience, Notification, ReadCursor, ReadMark, RetentionMark
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +42,9 @@ class Viewer:
 
 
 def load_viewer(user: AbstractBaseUser | AnonymousUser) -> Viewer:
-    group_ids = Group.objects.filter(user__pk=user.pk).values_list("id", flat=True)
-    return Viewer(int(user.pk), frozenset(group_ids))
+    user_id = int(user.pk or 0)
+    group_ids = Group.objects.filter(user__id=user_id).values_list("id", flat=True)
+    return Viewer(user_id, frozenset(group_ids))
 
 
 def visible(user_id: int, now: datetime | None = None) -> QuerySet[Notification]:
@@ -130,13 +136,13 @@ def latest_id() -> int:
     return Notification.objects.aggregate(m=Max("id"))["m"] or 0
 
 
-def _fresh(func):  # type: ignore[no-untyped-def]
+def _fresh(func: Callable[P, R]) -> Callable[P, R]:
     """Run ``func`` on a connection that is known to be usable (for the
     broker's background task, which lives longer than any request)."""
 
-    def run(*args):  # type: ignore[no-untyped-def]
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         close_old_connections()
-        return func(*args)
+        return func(*args, **kwargs)
 
     return run
 
@@ -145,10 +151,10 @@ class DatabaseHistory:
     """The broker's :class:`~notify.broker.History`, backed by the database."""
 
     async def latest_id(self) -> int:
-        return await sync_to_async(_fresh(latest_id))()  # type: ignore[no-any-return]
+        return await sync_to_async(_fresh(latest_id))()
 
     async def since(self, after: int, limit: int) -> list[Message]:
-        return await sync_to_async(_fresh(messages_since))(after, limit)  # type: ignore[no-any-return]
+        return await sync_to_async(_fresh(messages_since))(after, limit)
 
 
 def prune(now: datetime | None = None) -> int:

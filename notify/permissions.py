@@ -24,6 +24,10 @@ class Caller:
         return bool(self.user.is_authenticated and self.user.is_active)
 
     @property
+    def user_id(self) -> int:
+        return int(self.user.pk or 0)
+
+    @property
     def by_session(self) -> bool:
         return self.authenticated and self.token is None
 

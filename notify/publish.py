@@ -21,7 +21,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.db import connection, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -52,7 +52,7 @@ def _serialize_publishers() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
 
 
-def _check_rate(sender: AbstractBaseUser, now: datetime) -> None:
+def _check_rate(sender: User, now: datetime) -> None:
     rate = conf.publish_rate
     window = Notification.objects.filter(
         sender=sender, created_at__gt=now - timedelta(seconds=rate.period)
@@ -91,7 +91,7 @@ def _resolve(draft: Draft) -> tuple[list[int], list[int], int]:
     return [], [], users.filter(is_active=True).count()
 
 
-def persist(draft: Draft, sender: AbstractBaseUser | None = None) -> Published:
+def persist(draft: Draft, sender: User | None = None) -> Published:
     """Save ``draft`` (in the caller's transaction, if any) and return it with
     its broker message."""
     with transaction.atomic():
@@ -170,7 +170,7 @@ async def apublish(
     url: str | None = None,
     data: dict[str, Any] | None = None,
     expires_at: datetime | str | None = None,
-    sender: AbstractBaseUser | None = None,
+    sender: User | None = None,
 ) -> Notification:
     """Publish a notification from async code; return it once committed.
 
@@ -195,7 +195,7 @@ def publish(
     url: str | None = None,
     data: dict[str, Any] | None = None,
     expires_at: datetime | str | None = None,
-    sender: AbstractBaseUser | None = None,
+    sender: User | None = None,
 ) -> Notification:
     """Publish from sync code (a shell, a management command, a worker).
 

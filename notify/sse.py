@@ -37,11 +37,7 @@ class ServerSentEvent:
             text = str(value)
             if "\r" in text or "\n" in text or "\0" in text:
                 raise ValueError(f"SSE field {name!r} must not contain CR, LF or NUL")
-        if self.retry is not None and (
-            isinstance(self.retry, bool)
-            or not isinstance(self.retry, int)
-            or self.retry < 0
-        ):
+        if self.retry is not None and (type(self.retry) is not int or self.retry < 0):
             raise TypeError("SSE retry must be a non-negative int (milliseconds)")
 
     def encode(self) -> bytes:

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 
 from notify.models import APIToken
@@ -19,7 +19,7 @@ def hash_token(token: str) -> str:
 
 
 def create_token(
-    user: AbstractBaseUser, *, name: str | None = None, can_publish: bool = False
+    user: User, *, name: str | None = None, can_publish: bool = False
 ) -> tuple[APIToken, str]:
     """Create a token for ``user``; return it with the secret (shown once)."""
     secret = PREFIX + secrets.token_urlsafe(32)

@@ -46,6 +46,10 @@ def _hosts(value: str) -> list[str]:
     return hosts
 
 
+def _origins(value: str) -> list[str]:
+    return [o.strip() for o in value.split(",") if o.strip()]
+
+
 def _database(value: str) -> dict[str, Any]:
     try:
         config = dj_database_url.parse(value, conn_max_age=600, conn_health_checks=True)
@@ -66,11 +70,7 @@ def _redis_url(value: str) -> str:
 DEBUG = env("DEBUG", parse_bool, False)
 SECRET_KEY = env("SECRET_KEY", _nonempty, INSECURE_DEV_KEY)
 ALLOWED_HOSTS = env("ALLOWED_HOSTS", _hosts, ["127.0.0.1", "localhost", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env(
-    "CSRF_TRUSTED_ORIGINS",
-    lambda v: [o.strip() for o in v.split(",") if o.strip()],
-    [],
-)
+CSRF_TRUSTED_ORIGINS: list[str] = env("CSRF_TRUSTED_ORIGINS", _origins, [])
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -114,8 +114,9 @@ class Fanout:
             found |= subs
         return found
 
-    def channel_count(self) -> int:
-        return len(self._by_channel)
+    def channels(self) -> set[str]:
+        """Channels with at least one local subscription."""
+        return set(self._by_channel)
 
     def add(self, sub: Subscription) -> None:
         for channel in sub.channels:
@@ -243,6 +244,11 @@ class Broker:
     async def ping(self) -> bool:
         """True when the backend can deliver right now."""
         return True
+
+    async def present_channels(self) -> set[str]:
+        """``user:<pk>`` channels with an open stream (in every process the
+        backend can see)."""
+        return {c for c in self.fanout.channels() if c.startswith("user:")}
 
     async def aclose(self) -> None:
         raise NotImplementedError

@@ -44,12 +44,6 @@ class MemoryBroker(Broker):
             except Exception:
                 logger.exception("resync from the database failed; retrying")
 
-    def connected_channels(self) -> set[str]:
-        return set(self.fanout._by_channel)
-
-    async def present_channels(self) -> set[str]:
-        return self.connected_channels()
-
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:

@@ -101,7 +101,7 @@ class RedisBroker(Broker):
         )
 
     async def _connect(self) -> None:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
         except BaseException:
@@ -166,7 +166,7 @@ class RedisBroker(Broker):
 
     async def _refresh_presence(self) -> None:
         key = f"{self.prefix}presence:{self.instance}"
-        channels = [c for c in self.fanout._by_channel if c.startswith("user:")]
+        channels = sorted(await super().present_channels())
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             if channels:
@@ -176,7 +176,7 @@ class RedisBroker(Broker):
 
     async def present_channels(self) -> set[str]:
         """User channels with an open stream in any process (a few seconds stale)."""
-        found = {c for c in self.fanout._by_channel if c.startswith("user:")}
+        found = await super().present_channels()
         keys = [k async for k in self._client.scan_iter(f"{self.prefix}presence:*")]
         if keys:
             for member in await self._client.sunion(keys):

@@ -82,7 +82,7 @@ async def _list(request: HttpRequest, caller: Caller) -> HttpResponse:
     if errors:
         return field_errors(errors)
     result = await inbox.apage(
-        int(caller.user.pk),
+        caller.user_id,
         unread_only=unread in ("1", "true"),
         before=before,
         limit=limit or LIST_DEFAULT,
@@ -111,7 +111,7 @@ async def mark_read(request: HttpRequest, notification_id: int) -> HttpResponse:
         return unauthenticated(caller)
     if rejected := csrf_rejected(request, caller):
         return rejected
-    if not await inbox.amark_read(int(caller.user.pk), notification_id):
+    if not await inbox.amark_read(caller.user_id, notification_id):
         return error(404, "no such notification")
     return HttpResponse(status=204)
 
@@ -124,5 +124,5 @@ async def mark_all_read(request: HttpRequest) -> HttpResponse:
         return unauthenticated(caller)
     if rejected := csrf_rejected(request, caller):
         return rejected
-    await inbox.amark_all_read(int(caller.user.pk))
+    await inbox.amark_all_read(caller.user_id)
     return HttpResponse(status=204)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from notify.history import aload_viewer
@@ -34,7 +34,7 @@ def _cursor(request: HttpRequest, errors: dict[str, list[str]]) -> int | None:
 
 @csrf_exempt
 @methods("GET")
-async def stream(request: HttpRequest) -> HttpResponse:
+async def stream(request: HttpRequest) -> HttpResponseBase:
     caller = await acaller(request)
     if not caller.authenticated:
         return unauthenticated(caller)
@@ -55,7 +55,7 @@ async def stream(request: HttpRequest) -> HttpResponse:
 
 @csrf_exempt
 @methods("GET")
-async def poll_events(request: HttpRequest) -> HttpResponse:
+async def poll_events(request: HttpRequest) -> HttpResponseBase:
     caller = await acaller(request)
     if not caller.authenticated:
         return unauthenticated(caller)

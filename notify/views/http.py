@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from functools import wraps
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
 from notify.permissions import Caller
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
@@ -45,7 +45,7 @@ def methods(*allowed: str) -> Callable[[View], View]:
         @wraps(view)
         async def wrapper(
             request: HttpRequest, *args: Any, **kwargs: Any
-        ) -> HttpResponse:
+        ) -> HttpResponseBase:
             if request.method not in allowed:
                 return error(
                     405,
