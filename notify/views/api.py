@@ -16,6 +16,7 @@ from notify.permissions import Caller, acaller, can_publish
 from notify.publish import persist, send
 from notify.validation import validate
 from notify.views.http import (
+    MAX_ID,
     csrf_rejected,
     error,
     field_errors,
@@ -50,6 +51,8 @@ def _json_body(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
         return None, error(413, f"request body over {MAX_BODY // 1024} KiB")
     except (UnicodeDecodeError, ValueError) as exc:
         return None, error(400, f"malformed JSON: {exc}")
+    except RecursionError:
+        return None, error(400, "malformed JSON: nested too deeply")
 
 
 async def _publish(request: HttpRequest, caller: Caller) -> HttpResponse:
@@ -111,7 +114,9 @@ async def mark_read(request: HttpRequest, notification_id: int) -> HttpResponse:
         return unauthenticated(caller)
     if rejected := csrf_rejected(request, caller):
         return rejected
-    if not await inbox.amark_read(caller.user_id, notification_id):
+    if notification_id > MAX_ID or not await inbox.amark_read(
+        caller.user_id, notification_id
+    ):
         return error(404, "no such notification")
     return HttpResponse(status=204)
 

@@ -9,6 +9,7 @@ from notify.history import aload_viewer
 from notify.permissions import acaller
 from notify.streams import event_stream, poll
 from notify.views.http import (
+    MAX_ID,
     field_errors,
     int_param,
     json_response,
@@ -25,9 +26,9 @@ def _cursor(request: HttpRequest, errors: dict[str, list[str]]) -> int | None:
     # the URL still carries the cursor of the first connection.
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
-        if header.isdigit() and header.isascii():
+        if header.isdigit() and header.isascii() and int(header) <= MAX_ID:
             return int(header)
-        errors["Last-Event-ID"] = ["Must be a non-negative integer."]
+        errors["Last-Event-ID"] = [f"Must be an integer between 0 and {MAX_ID}."]
         return None
     return int_param(request, CURSOR_PARAMS, errors)
 

@@ -14,6 +14,8 @@ from notify.permissions import Caller
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 
+MAX_ID = 2**63 - 1  # the database's integer range
+
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
 
 
@@ -77,7 +79,7 @@ def int_param(
     errors: dict[str, list[str]],
     *,
     minimum: int = 0,
-    maximum: int | None = None,
+    maximum: int = MAX_ID,
 ) -> int | None:
     """The first of ``names`` present in the query string, as an int."""
     for name in names:
@@ -89,9 +91,8 @@ def int_param(
         except ValueError:
             errors[name] = ["Must be an integer."]
             return None
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum}" if maximum is not None else ""
-            errors[name] = [f"Must be at least {minimum}{upper}."]
+        if not minimum <= value <= maximum:
+            errors[name] = [f"Must be between {minimum} and {maximum}."]
             return None
         return value
     return None
