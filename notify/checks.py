@@ -37,7 +37,10 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             PARSERS[name](value)
         except ValueError as exc:
             found.append(Error(f"{name}: {exc}", id=check_id))
-    found.extend(_check_broker())
+    # The broker is built with the queue size and resync interval: when those
+    # are bad, their own errors say so and the broker is not blamed too.
+    if not any(m.id in ("notify.E006", "notify.E008") for m in found):
+        found.extend(_check_broker())
     if settings.SECRET_KEY.startswith("django-insecure-notify") and not settings.DEBUG:
         found.append(
             Warning(

@@ -169,8 +169,9 @@ def prune(now: datetime | None = None) -> int:
         if newest_old > mark.pruned_through:
             mark.pruned_through = newest_old
             mark.save(update_fields=["pruned_through"])
-        deleted, _ = Notification.objects.filter(id__lte=newest_old).delete()
-    return deleted
+        # delete() also counts cascaded rows (read marks, audience links).
+        _, per_model = Notification.objects.filter(id__lte=newest_old).delete()
+    return per_model.get(Notification._meta.label, 0)
 
 
 aload_viewer = sync_to_async(load_viewer)

@@ -93,6 +93,10 @@ def _expires(value: object, now: datetime) -> tuple[datetime | None, list[str]]:
         return None, ["Must be an ISO 8601 date-time, e.g. 2026-11-20T22:00:00Z."]
     if timezone.is_naive(parsed):
         parsed = parsed.replace(tzinfo=UTC)
+    try:
+        parsed = parsed.astimezone(UTC)  # 9999-12-31T23:59-01:00 is past year 9999
+    except OverflowError:
+        return None, ["Out of range."]
     if parsed <= now:
         return None, ["Must be in the future."]
     return parsed, []

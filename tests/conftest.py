@@ -99,17 +99,30 @@ def start_server(
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def password_hashes() -> dict[str, str]:
+    """Real (PBKDF2) hashes of the test passwords, computed once per session:
+    the uvicorn servers verify them at login."""
+    from django.contrib.auth.hashers import make_password
+
+    names = ("admin", "alice", "bob", "carol")
+    return {name: make_password(f"pw-{name}") for name in names}
+
+
 @pytest.fixture
-def users(transactional_db: None) -> dict[str, User]:
+def users(transactional_db: None, password_hashes: dict[str, str]) -> dict[str, User]:
+    """admin (superuser), alice, bob (in group "ops"), carol; password "pw-<name>"."""
     ops = Group.objects.create(name="ops")
     Group.objects.create(name="sales")
     made = {
-        "admin": User.objects.create_superuser(
-            "admin", "admin@example.com", "pw-admin"
-        ),
-        "alice": User.objects.create_user("alice", password="pw-alice"),
-        "bob": User.objects.create_user("bob", password="pw-bob"),
-        "carol": User.objects.create_user("carol", password="pw-carol"),
+        name: User.objects.create(
+            username=name,
+            email=f"{name}@example.com",
+            password=password_hashes[name],
+            is_staff=name == "admin",
+            is_superuser=name == "admin",
+        )
+        for name in password_hashes
     }
     made["bob"].groups.add(ops)
     return made

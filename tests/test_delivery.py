@@ -26,7 +26,7 @@ async def _collect(url: str, token: str, until: int, seen: list[Event]) -> None:
 
 
 async def test_cross_process_delivery_reaches_every_client_once(
-    start_server, redis_url, tokens, server_env
+    start_server, redis_url, tokens, server_env, django_db_reset_sequences
 ):
     one = start_server("one", REDIS_URL=redis_url)
     two = start_server("two", REDIS_URL=redis_url)

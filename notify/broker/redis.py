@@ -20,6 +20,8 @@ import uuid
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from notify import metrics
@@ -74,8 +76,14 @@ class RedisBroker(Broker):
         self.prefix = prefix
         self.channel = f"{prefix}events"
         self.instance = uuid.uuid4().hex
+        # One immediate retry on a fresh connection: after Redis restarts, every
+        # pooled connection is dead and would otherwise fail one command each.
         self._client: redis.Redis = redis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1),
         )
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -186,7 +194,12 @@ class RedisBroker(Broker):
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            # On Python 3.11, asyncio.wait_for (which redis-py wraps around
+            # socket writes) can swallow a cancellation that lands as the write
+            # completes, so cancel until the reader has really stopped.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._started:

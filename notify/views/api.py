@@ -46,7 +46,11 @@ def _json_body(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
         if declared > MAX_BODY or len(request.body) > MAX_BODY:
             return None, error(413, f"request body over {MAX_BODY // 1024} KiB")
         text = request.body.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant), None
+        payload = json.loads(text, parse_constant=_reject_constant)
+        # "\ud800" escapes decode to lone surrogates, which no database can
+        # store: raises UnicodeEncodeError (a ValueError) here instead.
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        return payload, None
     except RequestDataTooBig:
         return None, error(413, f"request body over {MAX_BODY // 1024} KiB")
     except (UnicodeDecodeError, ValueError) as exc:

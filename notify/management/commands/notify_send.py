@@ -43,11 +43,14 @@ class Command(BaseCommand):
         else:
             audience = {"groups": options["group"]}
         expires_in = options["expires_in"]
-        if expires_in is not None and not expires_in > 0:
-            raise CommandError("--expires-in: must be a positive number of seconds")
-        expires_at = (
-            timezone.now() + timedelta(seconds=expires_in) if expires_in else None
-        )
+        expires_at = None
+        if expires_in is not None:
+            if not expires_in > 0:
+                raise CommandError("--expires-in: must be a positive number of seconds")
+            try:
+                expires_at = timezone.now() + timedelta(seconds=expires_in)
+            except OverflowError as exc:
+                raise CommandError(f"--expires-in: {expires_in:g} is too far") from exc
         try:
             n = publish(
                 audience=audience,
