@@ -182,6 +182,21 @@ class Fanout:
             sub.deliver(message)
 
 
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait until it has really finished.
+
+    Cancelling again is deliberate: on Python 3.11, the ``asyncio.wait_for``
+    that redis-py puts around socket writes can swallow a cancellation that
+    lands just as the write completes. A cancellation of the caller itself is
+    not suppressed.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task failed", exc_info=task.exception())
+
+
 class Broker:
     """Base of every backend: one instance per event loop (see ``get_broker``).
 

@@ -8,11 +8,10 @@ up from the database by the periodic resync, within ``resync_seconds``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 
-from notify.broker.base import Broker, Message
+from notify.broker.base import Broker, Message, stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +46,4 @@ class MemoryBroker(Broker):
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)

@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from notify import metrics
-from notify.broker.base import Broker, History, Message
+from notify.broker.base import Broker, History, Message, stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -194,14 +194,7 @@ class RedisBroker(Broker):
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            # On Python 3.11, asyncio.wait_for (which redis-py wraps around
-            # socket writes) can swallow a cancellation that lands as the write
-            # completes, so cancel until the reader has really stopped.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=0.5)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         if self._started:
             with contextlib.suppress(RedisError, OSError):
                 await self._client.delete(f"{self.prefix}presence:{self.instance}")

@@ -1,0 +1,387 @@
+"""The event stream itself: prelude, framing, heartbeat, cleanup, slow clients.
+
+In-process tests drive ``project.asgi.application`` through
+``ApplicationCommunicator`` (the only way to watch the generator clean up after
+``http.disconnect``); the heartbeat and slow-client tests run a real uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from asgiref import testing
+from django.contrib.auth.models import User
+
+from notify import metrics, sse, wire
+from notify.broker import forget_broker, get_broker
+from notify.inbox import amark_read
+from notify.models import Notification
+from notify.publish import apublish
+from project.asgi import application
+from tests.conftest import auth
+from tests.support.sse import Event, events
+
+WAIT = 10.0
+
+# asgiref.testing has no annotations.
+ApplicationCommunicator: Any = testing.ApplicationCommunicator
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: Any) -> None:
+    # Nothing here logs in with a password; hashing four per test is slow.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+async def close_broker(settings: Any) -> AsyncIterator[None]:
+    """Close this loop's broker (and its resync task) before the loop ends.
+
+    Depends on ``settings`` so that it runs before the settings are restored,
+    which would drop the cached broker without closing it."""
+    yield
+    broker = forget_broker()
+    if broker is not None:
+        async with asyncio.timeout(WAIT):
+            await broker.aclose()
+
+
+# -- in process ---------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One GET /events/ through the ASGI application."""
+
+    communicator: Any
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+    _buffer: bytes = b""
+
+    async def chunk(self) -> bytes:
+        message = await self.communicator.receive_output(timeout=WAIT)
+        assert message["type"] == "http.response.body", message
+        assert message.get("more_body"), "the stream ended"
+        body: bytes = message["body"]
+        self.chunks.append(body)
+        return body
+
+    async def blocks(self, count: int) -> list[str]:
+        """The next ``count`` event blocks (text between blank lines)."""
+        found: list[str] = []
+        while True:
+            while b"\n\n" in self._buffer and len(found) < count:
+                block, self._buffer = self._buffer.split(b"\n\n", 1)
+                found.append(block.decode())
+            if len(found) == count:
+                return found
+            self._buffer += await self.chunk()
+
+
+def _scope(token: str, path: str = "/events/", query: bytes = b"") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"accept", b"text/event-stream"),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+@contextlib.asynccontextmanager
+async def open_stream(token: str) -> AsyncIterator[Stream]:
+    """Start a stream; on exit disconnect and wait for the application."""
+    communicator = ApplicationCommunicator(application, _scope(token))
+    await communicator.send_input({"type": "http.request", "body": b""})
+    stream = Stream(communicator)
+    try:
+        start = await communicator.receive_output(timeout=WAIT)
+        assert start["type"] == "http.response.start", start
+        stream.status = start["status"]
+        stream.headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+        yield stream
+    finally:
+        await communicator.send_input({"type": "http.disconnect"})
+        await communicator.wait(timeout=WAIT)
+
+
+def _ready(last_id: int, heartbeat: int = 15) -> str:
+    return f'event: ready\ndata: {{"last_id":{last_id},"heartbeat":{heartbeat}}}'
+
+
+async def test_stream_headers_and_prelude(tokens):
+    async with open_stream(tokens["alice"]) as stream:
+        assert stream.status == 200
+        assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert stream.headers["cache-control"] == "no-cache, no-store, no-transform"
+        assert stream.headers["x-accel-buffering"] == "no"
+        assert "content-encoding" not in stream.headers
+        # The prelude goes out before the stream touches the database.
+        assert await stream.chunk() == sse.padding(2048) + b"retry: 3000\n\n"
+        assert await stream.blocks(1) == [_ready(0)]
+
+
+@pytest.mark.parametrize("padding", [0, 1, 64, 4096])
+async def test_padding_setting_sizes_the_first_comment(tokens, settings, padding):
+    settings.NOTIFY_PADDING_BYTES = padding
+    settings.NOTIFY_RETRY_MS = 1500
+    async with open_stream(tokens["alice"]) as stream:
+        first = await stream.chunk()
+    assert first == sse.padding(padding) + b"retry: 1500\n\n"
+    assert len(first) == padding + len(b"retry: 1500\n\n")
+
+
+async def test_ready_names_the_newest_notification_the_user_can_see(tokens, users):
+    everyone = await apublish(title="for all")
+    await apublish(title="for bob", audience={"users": ["bob"]})
+    async with open_stream(tokens["alice"]) as stream:
+        await stream.chunk()
+        assert await stream.blocks(1) == [_ready(everyone.id)]
+
+
+async def test_live_notifications_are_framed_with_their_id_in_order(tokens, users):
+    async with open_stream(tokens["alice"]) as stream:
+        await stream.chunk()
+        await stream.blocks(1)
+        published = [
+            await apublish(title=f"n{i}", body="line one\r\nline two\n\ndata: x")
+            for i in range(3)
+        ]
+        blocks = await stream.blocks(3)
+    notes = await asyncio.gather(
+        *(Notification.objects.aget(pk=n.pk) for n in published)
+    )
+    assert [b.encode() + b"\n\n" for b in blocks] == [wire.frame(n) for n in notes]
+
+
+async def test_read_state_changes_are_events_without_an_id(tokens, users):
+    alice: User = users["alice"]
+    async with open_stream(tokens["alice"]) as stream:
+        await stream.chunk()
+        await stream.blocks(1)
+        note = await apublish(title="read me")
+        (framed,) = await stream.blocks(1)
+        assert framed.startswith(f"id: {note.id}\nevent: notification\n")
+        assert await amark_read(alice.pk, note.id)
+        assert await stream.blocks(1) == [f'event: read\ndata: {{"ids":[{note.id}]}}']
+
+
+@pytest.mark.parametrize("when", ["before_ready", "after_ready", "after_events"])
+async def test_disconnect_releases_the_subscription(tokens, users, when):
+    open_before = metrics.OPEN_STREAMS.value
+    async with open_stream(tokens["bob"]) as stream:
+        await stream.chunk()
+        if when != "before_ready":
+            assert await stream.blocks(1) == [_ready(0)]
+            assert len(get_broker().fanout.subscriptions) == 1
+            assert metrics.OPEN_STREAMS.value == open_before + 1
+        if when == "after_events":
+            await apublish(title="one")
+            await apublish(title="two", audience={"groups": ["ops"]})
+            assert len(await stream.blocks(2)) == 2
+    # open_stream sent http.disconnect and the application has returned.
+    broker = get_broker()
+    assert broker.fanout.subscriptions == set()
+    assert broker.fanout.channels() == set()
+    assert metrics.OPEN_STREAMS.value == open_before
+
+
+async def test_streams_are_released_independently(tokens, users):
+    async with open_stream(tokens["alice"]) as alice:
+        await alice.chunk()
+        await alice.blocks(1)
+        async with open_stream(tokens["bob"]) as bob:
+            await bob.chunk()
+            await bob.blocks(1)
+            assert len(get_broker().fanout.subscriptions) == 2
+        assert len(get_broker().fanout.subscriptions) == 1
+        note = await apublish(title="still here")
+        (framed,) = await alice.blocks(1)
+        assert framed.startswith(f"id: {note.id}\n")
+    assert get_broker().fanout.subscriptions == set()
+
+
+# -- real uvicorn -------------------------------------------------------------
+
+
+async def _next_event(reader: AsyncIterator[Event]) -> Event:
+    async with asyncio.timeout(WAIT):
+        return await anext(reader)
+
+
+async def test_heartbeat_comment_arrives_when_idle(start_server, tokens):
+    server = start_server(NOTIFY_HEARTBEAT_SECONDS="1")
+    async with (
+        httpx.AsyncClient(timeout=WAIT) as client,
+        client.stream(
+            "GET", server.url + "/events/", headers=auth(tokens["alice"])
+        ) as response,
+    ):
+        lines = response.aiter_lines()
+        seen: list[str] = []
+        async with asyncio.timeout(WAIT):
+            while len([line for line in seen if line == ": ping"]) < 2:
+                seen.append(await anext(lines))
+        await lines.aclose()  # type: ignore[attr-defined]
+    assert seen[:3] == ["retry: 3000", "", "event: ready"]
+    assert json.loads(seen[3].removeprefix("data: ")) == {"last_id": 0, "heartbeat": 1}
+    # Only pings (and the blank lines ending them) after the ready event.
+    assert set(seen[5:]) == {": ping", ""}
+
+
+# The slow client: a raw socket with a tiny receive buffer that reads its first
+# bytes and then stops reading, so the server's writes back up and its queue
+# overflows while a normal client keeps up.
+
+
+def _open_slow_stream(port: int, token: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.settimeout(WAIT)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(
+            b"GET /events/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Accept: text/event-stream\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+        )
+        received = b""
+        while b"event: ready" not in received:
+            chunk = sock.recv(1024)
+            if not chunk:
+                raise AssertionError(f"closed before ready: {received!r}")
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200 "), received
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _read_until_closed(sock: socket.socket, timeout: float) -> bool:
+    """Drain the socket; True once the server has closed it."""
+    deadline = time.monotonic() + timeout
+    sock.settimeout(1)
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(65536):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            continue
+    return False
+
+
+async def _metric(client: httpx.AsyncClient, url: str, token: str, name: str) -> int:
+    response = await client.get(url + "/metrics", headers=auth(token))
+    assert response.status_code == 200
+    match = re.search(rf"^{name} (\d+)$", response.text, re.MULTILINE)
+    assert match, response.text
+    return int(match.group(1))
+
+
+async def _collect(
+    client: httpx.AsyncClient, url: str, token: str, ready: asyncio.Event
+) -> list[Event]:
+    """Every notification on one stream until the "last" one arrives."""
+    got: list[Event] = []
+    async with client.stream("GET", url + "/events/", headers=auth(token)) as response:
+        assert response.status_code == 200
+        reader = events(response)
+        try:
+            assert (await _next_event(reader)).event == "ready"
+            ready.set()
+            async for event in reader:
+                if event.event == "notification":
+                    got.append(event)
+                    if event.json()["title"] == "last":
+                        return got
+        finally:
+            await reader.aclose()  # type: ignore[attr-defined]
+    raise AssertionError("the normal stream ended early")
+
+
+async def test_slow_client_is_disconnected_while_others_get_everything(
+    start_server, tokens
+):
+    server = start_server(NOTIFY_QUEUE_SIZE="8", NOTIFY_PUBLISH_RATE="100000/s")
+    # Near the size limits (multi-byte text), so that few notifications fill
+    # the socket buffers; the loopback send buffer alone can hold MiBs.
+    body = "€" * 4000
+    data = {"blob": "y" * 15000}
+    slow = await asyncio.to_thread(_open_slow_stream, server.port, tokens["bob"])
+    try:
+        async with httpx.AsyncClient(timeout=WAIT) as client:
+            ready = asyncio.Event()
+            normal = asyncio.create_task(
+                _collect(client, server.url, tokens["alice"], ready)
+            )
+            async with asyncio.timeout(WAIT):
+                await ready.wait()
+
+            async def publish(title: str) -> int:
+                response = await client.post(
+                    server.url + "/api/notifications",
+                    json={
+                        "audience": "all",
+                        "title": title,
+                        "body": body,
+                        "data": data,
+                    },
+                    headers=auth(tokens["admin"]),
+                )
+                assert response.status_code == 201, response.text
+                return int(response.json()["id"])
+
+            # Publish until the server gives up on the slow client (bounded:
+            # some 16 MiB at most, far more than the socket buffers hold).
+            published: list[int] = []
+            disconnects = 0
+            while disconnects == 0:
+                assert len(published) < 600, "the slow client was never dropped"
+                for i in range(20):
+                    published.append(await publish(f"n{len(published) + i}"))
+                disconnects = await _metric(
+                    client,
+                    server.url,
+                    tokens["admin"],
+                    "notify_slow_client_disconnects_total",
+                )
+            published.append(await publish("last"))
+
+            async with asyncio.timeout(30):
+                got = await normal
+        assert disconnects >= 1
+        assert [int(e.id or 0) for e in got] == published
+        assert [e.json()["id"] for e in got] == published
+        assert all(e.json()["body"] == body for e in got)
+        assert all(e.json()["data"] == data for e in got)
+
+        # The server closed the slow connection: once its buffers drain, the
+        # reader sees the end (or a reset) instead of waiting forever.
+        assert await asyncio.to_thread(_read_until_closed, slow, 30)
+    finally:
+        slow.close()
