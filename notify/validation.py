@@ -153,7 +153,10 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
             errors["data"] = ["Must be a JSON object."]
         else:
             try:
-                size = len(json.dumps(data, allow_nan=False).encode())
+                wire = json.dumps(
+                    data, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+                )
+                size = len(wire.encode())
             except (TypeError, ValueError):
                 errors["data"] = ["Must contain only JSON values (no NaN or Infinity)."]
             else:

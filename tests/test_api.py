@@ -1,0 +1,805 @@
+"""The JSON API over HTTP: publish, inbox, read state, health, metrics.
+
+Most requests go through Django's ``AsyncClient`` (the endpoints are plain,
+non-streaming responses); CSRF, rate limiting and a Redis outage are checked
+against real uvicorn processes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.test import AsyncClient, override_settings
+
+from notify.models import Notification
+from notify.publish import persist
+from notify.tokens import create_token
+from notify.validation import validate
+from tests.conftest import auth
+from tests.support.servers import UvicornServer, wait_for
+
+API = "/api/notifications"
+CSRF_SECRET = "s3cr3tCSRFvalue0123456789abcdefg"  # Django's 32-character form
+WIRE_KEYS = [
+    "id",
+    "level",
+    "title",
+    "body",
+    "url",
+    "data",
+    "audience",
+    "created_at",
+    "expires_at",
+    "read",
+]
+
+
+class Client(AsyncClient):
+    """``AsyncClient`` sending a bearer token on every request (its own
+    ``headers=`` argument is dropped by Django 5.2's ``AsyncClient``)."""
+
+    def __init__(self, token: str | None = None) -> None:
+        super().__init__()
+        self.token = token
+
+    def generic(self, *args: Any, headers: Any = None, **kwargs: Any) -> Any:
+        if self.token is not None:
+            headers = auth(self.token) | dict(headers or {})
+        return super().generic(*args, headers=headers, **kwargs)
+
+
+@pytest.fixture
+def client_for(tokens: dict[str, str]) -> Callable[[str], Client]:
+    def make(name: str) -> Client:
+        return Client(tokens[name])
+
+    return make
+
+
+@pytest.fixture
+def admin(client_for: Callable[[str], Client]) -> Client:
+    return client_for("admin")
+
+
+async def post_json(client: AsyncClient, payload: Any, path: str = API) -> Any:
+    return await client.post(
+        path, data=json.dumps(payload), content_type="application/json"
+    )
+
+
+def body(response: Any) -> Any:
+    """The JSON of a Django test response or an httpx response."""
+    headers = response.headers
+    assert headers["Content-Type"].startswith("application/json")
+    return json.loads(response.content)
+
+
+def note(title: str = "Hello", audience: Any = "all", **fields: Any) -> Notification:
+    """A committed notification, made without any broker."""
+    return persist(
+        validate({"audience": audience, "title": title, **fields})
+    ).notification
+
+
+# Publish: who may
+
+
+async def test_publish_without_credentials_is_401_json(users):
+    response = await post_json(AsyncClient(), {"audience": "all", "title": "x"})
+    assert response.status_code == 401
+    assert body(response) == {"error": "authentication required"}
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_publish_with_an_unknown_token_is_401_and_never_falls_back_to_the_session(
+    users,
+):
+    client = Client("ntf_not-a-real-token")
+    await client.aforce_login(users["admin"])
+    response = await post_json(client, {"audience": "all", "title": "x"})
+    assert response.status_code == 401
+    assert body(response) == {"error": "invalid API token"}
+
+
+@pytest.mark.parametrize("how", ["session", "token"])
+async def test_publish_by_a_non_staff_user_is_403_json(users, tokens, how):
+    client = Client(tokens["alice"] if how == "token" else None)
+    if how == "session":
+        await client.aforce_login(users["alice"])
+    response = await post_json(client, {"audience": "all", "title": "x"})
+    assert response.status_code == 403
+    assert "error" in body(response)
+    assert await Notification.objects.acount() == 0
+
+
+async def test_a_staff_users_token_without_publish_permission_is_403(users):
+    _, secret = await _token(users["admin"], can_publish=False)
+    response = await post_json(Client(secret), {"audience": "all", "title": "x"})
+    assert response.status_code == 403
+
+
+async def test_a_publish_token_of_a_non_staff_user_may_publish(users):
+    _, secret = await _token(users["alice"], can_publish=True)
+    response = await post_json(Client(secret), {"audience": "all", "title": "x"})
+    assert response.status_code == 201
+
+
+async def _token(user: User, *, can_publish: bool) -> tuple[Any, str]:
+    return await sync_to_async(create_token)(user, can_publish=can_publish)
+
+
+async def _session_cookie(user: User) -> str:
+    client = AsyncClient()
+    await client.aforce_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+async def test_staff_session_needs_the_csrf_token_to_publish(start_server, users):
+    server = start_server()
+    session = await _session_cookie(users["admin"])
+    payload = {"audience": "all", "title": "From the console"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        client.cookies.set(settings.SESSION_COOKIE_NAME, session)
+        refused = await client.post(API, json=payload)
+        assert refused.status_code == 403
+        assert body(refused) == {"error": "CSRF token missing or incorrect"}
+
+        client.cookies.set(settings.CSRF_COOKIE_NAME, CSRF_SECRET)
+        wrong = await client.post(API, json=payload, headers={"X-CSRFToken": "x" * 32})
+        assert wrong.status_code == 403
+
+        accepted = await client.post(
+            API, json=payload, headers={"X-CSRFToken": CSRF_SECRET}
+        )
+        assert accepted.status_code == 201, accepted.text
+        assert body(accepted)["title"] == "From the console"
+
+        read = f"{API}/{body(accepted)['id']}/read"
+        assert (await client.post(read)).status_code == 403
+        ok = await client.post(read, headers={"X-CSRFToken": CSRF_SECRET})
+        assert ok.status_code == 204
+    assert await Notification.objects.acount() == 1
+
+
+# Publish: the request body
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"],
+)
+async def test_publish_with_a_wrong_content_type_is_415(admin, content_type):
+    response = await admin.post(
+        API,
+        data=json.dumps({"audience": "all", "title": "x"}),
+        content_type=content_type,
+    )
+    assert response.status_code == 415
+    assert "error" in body(response)
+
+
+async def test_publish_accepts_a_charset_parameter_on_the_content_type(admin):
+    response = await admin.post(
+        API,
+        data=json.dumps({"audience": "all", "title": "x"}),
+        content_type="application/json; charset=utf-8",
+    )
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("size", [64 * 1024 + 1, 2 * 1024 * 1024])
+async def test_publish_body_over_64_kib_is_413(admin, size):
+    padding = "x" * (size - len('{"audience":"all","title":"t","body":""}'))
+    raw = '{"audience":"all","title":"t","body":"' + padding + '"}'
+    assert len(raw) == size
+    response = await admin.post(API, data=raw, content_type="application/json")
+    assert response.status_code == 413
+    assert "error" in body(response)
+
+
+async def test_publish_chunked_body_over_64_kib_is_413(start_server, tokens):
+    server = start_server()
+    raw = json.dumps({"audience": "all", "title": "t", "body": "x" * 70_000}).encode()
+
+    async def chunks() -> AsyncIterator[
+        bytes
+    ]:  # no Content-Length: the server must count itself
+        for start in range(0, len(raw), 8192):
+            yield raw[start : start + 8192]
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        response = await client.post(
+            API,
+            content=chunks(),
+            headers=auth(tokens["admin"]) | {"Content-Type": "application/json"},
+        )
+    assert response.status_code == 413
+    assert "error" in body(response)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b"{'audience': 'all'}",
+        b'{"audience":"all","title":"x"} trailing',
+        b'{"audience":"all","title":"\xff\xfe"}',
+        b'{"audience":"all","title":"\\ud800"}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"data":' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}",
+    ],
+    ids=[
+        "truncated",
+        "single-quotes",
+        "trailing",
+        "not-utf8",
+        "lone-surrogate",
+        "deep",
+        "deep-object",
+    ],
+)
+async def test_malformed_json_is_400_with_an_error_message(admin, raw):
+    response = await admin.post(API, data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert isinstance(body(response)["error"], str), body(response)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+async def test_nan_and_infinity_are_rejected_as_malformed(admin, constant):
+    raw = '{"audience":"all","title":"x","data":{"v":' + constant + "}}"
+    response = await admin.post(API, data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert "error" in body(response)
+    assert await Notification.objects.acount() == 0
+
+
+BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
+    ("audience", {"audience": "everyone"}),
+    ("audience", {"audience": None}),
+    ("audience", {"audience": ["alice"]}),
+    ("audience", {"audience": {"users": []}}),
+    ("audience", {"audience": {"users": "alice"}}),
+    ("audience", {"audience": {"users": [1]}}),
+    ("audience", {"audience": {"users": [""]}}),
+    ("audience", {"audience": {"groups": "ops"}}),
+    ("audience", {"audience": {"users": ["alice"], "groups": ["ops"]}}),
+    ("audience", {"audience": {"user": ["alice"]}}),
+    ("title", {"title": None}),
+    ("title", {"title": ""}),
+    ("title", {"title": "   "}),
+    ("title", {"title": "x" * 201}),
+    ("title", {"title": 7}),
+    ("body", {"body": "x" * 5001}),
+    ("body", {"body": ["x"]}),
+    ("level", {"level": "debug"}),
+    ("level", {"level": "INFO"}),
+    ("level", {"level": 1}),
+    ("url", {"url": "javascript:alert(1)"}),
+    ("url", {"url": "//evil.example/x"}),
+    ("url", {"url": "/\\evil.example/x"}),
+    ("url", {"url": "ftp://x"}),
+    ("url", {"url": "http://"}),
+    ("url", {"url": "https://example.com/a b"}),
+    ("url", {"url": "/path\nSet-Cookie: x"}),
+    ("url", {"url": 5}),
+    ("data", {"data": []}),
+    ("data", {"data": "text"}),
+    ("data", {"data": 3}),
+    ("data", {"data": {"blob": "x" * 17_000}}),
+    ("expires_at", {"expires_at": "tomorrow"}),
+    ("expires_at", {"expires_at": "2026-02-30T10:00:00Z"}),
+    ("expires_at", {"expires_at": "2020-01-01T00:00:00Z"}),
+    ("expires_at", {"expires_at": 1893456000}),
+    ("expires_at", {"expires_at": ""}),
+    ("expires_at", {"expires_at": "9999-12-31T23:59:59-23:59"}),
+    ("expires_at", {"expires_at": "0001-01-01T00:00:00+23:59"}),
+    ("colour", {"colour": "red"}),
+    ("Title", {"Title": "x"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    BAD_FIELDS,
+    ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_FIELDS)],
+)
+async def test_a_bad_field_is_400_naming_it(admin, field, change):
+    payload = {"audience": "all", "title": "Hello"} | change
+    response = await post_json(admin, payload)
+    assert response.status_code == 400
+    errors = body(response)["errors"]
+    assert list(errors) == [field]
+    assert errors[field]
+    assert all(isinstance(m, str) and m for m in errors[field])
+    assert await Notification.objects.acount() == 0
+
+
+@pytest.mark.parametrize("missing", ["audience", "title"])
+async def test_a_missing_required_field_is_400_naming_it(admin, missing):
+    payload = {"audience": "all", "title": "Hello"}
+    del payload[missing]
+    response = await post_json(admin, payload)
+    assert response.status_code == 400
+    assert list(body(response)["errors"]) == [missing]
+
+
+async def test_every_bad_field_is_reported_at_once(admin):
+    payload = {"audience": "x", "title": "", "level": "loud", "url": "ftp://x", "n": 1}
+    response = await post_json(admin, payload)
+    assert response.status_code == 400
+    assert set(body(response)["errors"]) == {"audience", "title", "level", "url", "n"}
+
+
+@pytest.mark.parametrize(
+    "payload", [[], [{"audience": "all", "title": "x"}], "x", 3, None]
+)
+async def test_a_json_body_that_is_not_an_object_is_400(admin, payload):
+    response = await post_json(admin, payload)
+    assert response.status_code == 400
+    errors = body(response)["errors"]
+    assert errors and all(isinstance(v, list) and v for v in errors.values())
+
+
+async def test_fields_at_their_limits_are_accepted(admin):
+    payload = {
+        "audience": "all",
+        "title": "\N{BELL}" * 200,
+        "body": "b" * 5000,
+        "level": "critical",
+        "url": "/inbox?x=1#y",
+        "data": {"blob": "d" * 16_000},
+        "expires_at": "2999-01-01T00:00:00+02:00",
+    }
+    response = await post_json(admin, payload)
+    assert response.status_code == 201, response.content
+    got = body(response)
+    assert got["title"] == payload["title"]
+    assert got["expires_at"] == "2998-12-31T22:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.com/x?y=1", "http://localhost:8000/", "/a"]
+)
+async def test_http_urls_and_local_paths_are_accepted(admin, url):
+    response = await post_json(admin, {"audience": "all", "title": "x", "url": url})
+    assert response.status_code == 201
+    assert body(response)["url"] == url
+
+
+async def test_unknown_users_are_400_naming_them(admin):
+    response = await post_json(
+        admin, {"audience": {"users": ["alice", "zed", "yann"]}, "title": "x"}
+    )
+    assert response.status_code == 400
+    [message] = body(response)["errors"]["audience"]
+    assert "zed" in message and "yann" in message and "alice" not in message
+    assert await Notification.objects.acount() == 0
+
+
+async def test_unknown_groups_are_400_naming_them(admin):
+    response = await post_json(
+        admin, {"audience": {"groups": ["ops", "nobody-here"]}, "title": "x"}
+    )
+    assert response.status_code == 400
+    [message] = body(response)["errors"]["audience"]
+    assert "nobody-here" in message and "ops" not in message
+
+
+async def test_too_many_publishes_is_429_with_retry_after(start_server, tokens):
+    server = start_server(NOTIFY_PUBLISH_RATE="2/m")
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=auth(tokens["admin"]), timeout=10
+    ) as client:
+        for i in range(2):
+            ok = await client.post(API, json={"audience": "all", "title": f"n{i}"})
+            assert ok.status_code == 201
+        limited = await client.post(API, json={"audience": "all", "title": "n2"})
+        assert limited.status_code == 429
+        assert "error" in body(limited)
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert await Notification.objects.acount() == 2
+
+
+# Publish: the created notification
+
+
+async def test_publish_returns_the_wire_json_plus_recipients(admin):
+    payload = {
+        "audience": "all",
+        "title": "Deploy at 5",
+        "body": "line one\nline two",
+        "level": "warning",
+        "url": "https://status.example.com/",
+        "data": {"ticket": 42, "tags": ["a", "b"]},
+        "expires_at": "2999-11-20T22:00:00Z",
+    }
+    response = await post_json(admin, payload)
+    assert response.status_code == 201
+    got = body(response)
+    assert list(got) == [*WIRE_KEYS, "recipients"]
+    n = await Notification.objects.aget()
+    assert got["id"] == n.id
+    assert {k: got[k] for k in ("title", "body", "level", "url", "data")} == {
+        k: payload[k] for k in ("title", "body", "level", "url", "data")
+    }
+    assert got["audience"] == "all"
+    assert got["expires_at"] == "2999-11-20T22:00:00Z"
+    assert got["read"] is False
+    assert got["created_at"].endswith("Z") and "T" in got["created_at"]
+    # One line, no whitespace padding.
+    compact = json.dumps(got, separators=(",", ":"), ensure_ascii=False)
+    assert response.content.decode() == compact
+
+
+async def _add_member(username: str, group: str, *, active: bool = True) -> None:
+    def add() -> None:
+        user, _ = User.objects.get_or_create(username=username)
+        user.is_active = active
+        user.save()
+        user.groups.add(Group.objects.get(name=group))
+
+    await sync_to_async(add)()
+
+
+@pytest.mark.parametrize(
+    ("audience", "recipients"),
+    [
+        ("all", 4),  # admin (the sender), alice, bob, carol; not dave
+        ({"users": ["alice", "dave"]}, 1),
+        ({"users": ["alice", "alice", "carol"]}, 2),
+        ({"groups": ["ops", "sales"]}, 2),  # bob and alice, alice once
+        ({"groups": ["sales"]}, 1),
+    ],
+)
+async def test_recipients_counts_distinct_active_users(admin, audience, recipients):
+    await _add_member("dave", "ops", active=False)
+    await _add_member("alice", "ops")
+    await _add_member("alice", "sales")
+    response = await post_json(admin, {"audience": audience, "title": "x"})
+    assert response.status_code == 201
+    got = body(response)
+    assert got["recipients"] == recipients
+    assert got["audience"] == (
+        audience if audience == "all" else next(iter(audience))[:-1]
+    )
+
+
+# Never a 500
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> Any:
+    pools: list[Callable[[], Any]] = [
+        lambda: None,
+        lambda: rng.choice([True, False]),
+        lambda: rng.randint(-(2**70), 2**70),
+        lambda: rng.uniform(-1e308, 1e308),
+        lambda: "".join(
+            rng.choice("ab\x00\n\r:/\\\"'é😀 \t<>") for _ in range(rng.randint(0, 30))
+        ),
+        lambda: rng.choice(
+            [
+                "all",
+                "",
+                "/x",
+                "//x",
+                "http://e.com",
+                "javascript:x",
+                "2999-01-01T00:00:00Z",
+                "2000-01-01",
+                "info",
+                "critical",
+                "alice",
+                "ops",
+                "\ud800",
+                "9999-12-31T23:59:59-23:59",
+            ]
+        ),
+        lambda: "x" * rng.choice([199, 200, 201, 4999, 5000, 5001, 17000]),
+    ]
+    if depth < 3:
+        pools += [
+            lambda: [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))],
+            lambda: {
+                rng.choice(["users", "groups", "k", "audience", ""]): _random_value(
+                    rng, depth + 1
+                )
+                for _ in range(rng.randint(0, 3))
+            },
+        ]
+    return rng.choice(pools)()
+
+
+def _random_body(rng: random.Random) -> Any:
+    if rng.random() < 0.1:
+        return _random_value(rng)
+    # A valid base with zero to three fields replaced by anything at all.
+    payload: dict[str, Any] = {
+        "audience": rng.choice(
+            [
+                "all",
+                {"users": ["alice", "bob"]},
+                {"groups": ["ops"]},
+                {"users": ["carol"]},
+            ]
+        ),
+        "title": rng.choice(["ok", "x" * 200, "\x00", "a\r\nb", "\ud800", "é😀"]),
+        "body": rng.choice(["", "\n\ndata: forged\n\n", "\udfff" * 3]),
+        "data": rng.choice([{}, {"nested": {"list": [1, 2.5, None, "\x00"]}}]),
+    }
+    fields = [
+        "audience",
+        "title",
+        "body",
+        "level",
+        "url",
+        "data",
+        "expires_at",
+        "extra",
+    ]
+    for name in rng.sample(fields, rng.randint(0, 3)):
+        payload[name] = _random_value(rng)
+    return payload
+
+
+@override_settings(NOTIFY_PUBLISH_RATE="100000/s")
+async def test_random_publish_bodies_never_cause_a_server_error(admin):
+    rng = random.Random(20261120)
+    statuses: dict[int, int] = {}
+    for _ in range(400):
+        payload = _random_body(rng)
+        # Escaped (\\ud800 arrives as a lone surrogate) or raw UTF-8 (then invalid).
+        text = json.dumps(payload, ensure_ascii=rng.random() < 0.5)
+        raw = text.encode("utf-8", "surrogatepass")
+        response = await admin.post(API, data=raw, content_type="application/json")
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code in (201, 400), (response.status_code, text[:300])
+        assert body(response)
+    assert statuses.get(201) and statuses.get(400)  # both paths were exercised
+
+
+# Inbox
+
+
+@pytest.fixture
+def inbox(users: Any) -> list[int]:
+    """60 notifications for everyone, then one only bob can see (id 61)."""
+    ids = [note(f"n{i}").id for i in range(60)]
+    ids.append(note("for bob", {"users": ["bob"]}).id)
+    return ids
+
+
+async def test_inbox_lists_newest_first_with_a_default_page_of_50(client_for, inbox):
+    response = await client_for("alice").get(API)
+    assert response.status_code == 200
+    got = body(response)
+    ids = [n["id"] for n in got["results"]]
+    assert ids == inbox[59:9:-1]
+    assert got["next"] == inbox[10]
+    assert got["unread_count"] == 60
+    assert all(list(n) == WIRE_KEYS for n in got["results"])
+    assert response["Cache-Control"] == "no-store"
+
+
+async def test_inbox_pages_with_before_until_next_is_null(client_for, inbox):
+    client = client_for("alice")
+    seen: list[int] = []
+    before = ""
+    for _ in range(10):
+        got = body(await client.get(API, {"limit": 25, "before": before}))
+        seen += [n["id"] for n in got["results"]]
+        if got["next"] is None:
+            break
+        before = got["next"]
+    assert seen == inbox[59::-1]
+
+
+async def test_inbox_limit_up_to_200(client_for, inbox):
+    got = body(await client_for("bob").get(API, {"limit": 200}))
+    assert [n["id"] for n in got["results"]] == inbox[::-1]
+    assert got["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("limit", "0"),
+        ("limit", "201"),
+        ("limit", "-1"),
+        ("limit", "ten"),
+        ("limit", "1.5"),
+        ("before", "abc"),
+        ("before", "0"),
+        ("before", str(2**64)),
+        ("limit", str(2**64)),
+        ("unread", "maybe"),
+    ],
+)
+async def test_inbox_bad_query_values_are_400_naming_the_field(
+    client_for, users, param, value
+):
+    response = await client_for("alice").get(API, {param: value})
+    assert response.status_code == 400
+    assert list(body(response)["errors"]) == [param]
+
+
+async def test_mark_read_is_reflected_in_read_and_unread_count(client_for, inbox):
+    alice = client_for("alice")
+    target = inbox[5]
+    response = await alice.post(f"{API}/{target}/read")
+    assert response.status_code == 204
+    assert response.content == b""
+    again = await alice.post(f"{API}/{target}/read")
+    assert again.status_code == 204
+
+    got = body(await alice.get(API, {"limit": 200}))
+    assert got["unread_count"] == 59
+    assert [n["id"] for n in got["results"] if n["read"]] == [target]
+    unread = body(await alice.get(API, {"unread": "1", "limit": 200}))
+    assert [n["id"] for n in unread["results"]] == [
+        i for i in inbox[59::-1] if i != target
+    ]
+    # Bob's read state is his own.
+    assert body(await client_for("bob").get(API))["unread_count"] == 61
+
+
+async def test_mark_all_read_marks_everything_visible_now(client_for, inbox):
+    bob = client_for("bob")
+    assert (await bob.post(f"{API}/read-all")).status_code == 204
+    got = body(await bob.get(API, {"limit": 200}))
+    assert got["unread_count"] == 0
+    assert all(n["read"] for n in got["results"])
+    assert body(await bob.get(API, {"unread": "1"}))["results"] == []
+
+    later = await sync_to_async(note)("later")
+    got = body(await bob.get(API, {"unread": "1"}))
+    assert [n["id"] for n in got["results"]] == [later.id]
+    assert got["unread_count"] == 1
+
+
+async def test_marking_a_notification_the_user_cannot_see_is_404_json(
+    client_for, inbox
+):
+    alice = client_for("alice")
+    for target in (inbox[-1], 99_999, 2**64):  # bob's; none; beyond any id
+        response = await alice.post(f"{API}/{target}/read")
+        assert response.status_code == 404
+        assert "error" in body(response)
+    assert body(await alice.get(API))["unread_count"] == 60
+
+
+async def test_inbox_requires_authentication(users):
+    for method, path in [
+        ("get", API),
+        ("post", f"{API}/1/read"),
+        ("post", f"{API}/read-all"),
+    ]:
+        response = await getattr(AsyncClient(), method)(path)
+        assert response.status_code == 401, path
+        assert "error" in body(response)
+
+
+# Wrong methods
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("put", API),
+        ("delete", API),
+        ("patch", API),
+        ("get", f"{API}/1/read"),
+        ("get", f"{API}/read-all"),
+        ("delete", f"{API}/read-all"),
+        ("post", "/events/"),
+        ("post", "/events/poll"),
+        ("post", "/healthz"),
+        ("put", "/metrics"),
+    ],
+)
+async def test_a_wrong_method_is_405_json(admin, method, path):
+    response = await getattr(admin, method)(path)
+    assert response.status_code == 405
+    assert "error" in body(response)
+    assert response["Allow"]
+
+
+# Service endpoints
+
+
+async def test_healthz_reports_ok_with_the_memory_broker(users):
+    response = await AsyncClient().get("/healthz")
+    assert response.status_code == 200
+    assert body(response) == {"status": "ok", "broker": "memory", "database": "ok"}
+
+
+async def test_healthz_reports_ok_with_redis(start_server, redis_url):
+    server = start_server(REDIS_URL=redis_url)
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(server.url + "/healthz")
+    assert response.status_code == 200
+    assert body(response) == {"status": "ok", "broker": "redis", "database": "ok"}
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_healthz_is_503_when_redis_is_down(workdir, server_env, transactional_db):
+    dead = f"redis://127.0.0.1:{_unused_port()}/0"
+    server = UvicornServer(workdir, server_env | {"REDIS_URL": dead}, "no-redis")
+    super(UvicornServer, server).start()  # its own start() waits for a 200
+    try:
+        wait_for(lambda: _answers(server.url), 30, "uvicorn without Redis")
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(server.url + "/healthz")
+        assert response.status_code == 503
+        got = body(response)
+        assert got["status"] != "ok"
+        assert got["broker"] == "redis"
+        assert got["database"] == "ok"
+    finally:
+        server.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url + "/healthz", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+async def test_metrics_needs_staff_or_the_metrics_token(client_for, users):
+    anonymous = await AsyncClient().get("/metrics")
+    assert anonymous.status_code == 401
+    assert "error" in body(anonymous)
+
+    denied = await client_for("alice").get("/metrics")
+    assert denied.status_code == 403
+    assert "error" in body(denied)
+
+    staff = AsyncClient()
+    await staff.aforce_login(users["admin"])
+    for client in (staff, client_for("admin")):
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        _assert_prometheus(response.content.decode())
+
+
+@override_settings(NOTIFY_METRICS_TOKEN="scrape-me-0123456789")
+async def test_metrics_accepts_the_configured_token(users):
+    response = await Client("scrape-me-0123456789").get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    _assert_prometheus(response.content.decode())
+    wrong = await Client("scrape-me-wrong").get("/metrics")
+    assert wrong.status_code == 401
+
+
+def _assert_prometheus(text: str) -> None:
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.startswith(("# HELP ", "# TYPE ")), line
+            continue
+        name, value = line.split(" ")
+        values[name] = float(value)
+    for name in (
+        "notify_open_streams",
+        "notify_notifications_published_total",
+        "notify_events_delivered_total",
+        "notify_slow_client_disconnects_total",
+        "notify_replayed_events_total",
+    ):
+        assert name in values, name

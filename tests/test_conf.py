@@ -1,0 +1,210 @@
+"""Settings: bad environment values stop the server at start, the system
+checks report bad ``NOTIFY_*`` values, and ``notify.conf`` follows
+``override_settings``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.core.checks import CheckMessage, run_checks
+from django.test import override_settings
+
+from notify.checks import check_settings
+from notify.conf import Rate, conf
+from tests.conftest import auth
+from tests.support.servers import ROOT
+
+BAD_ENV = [
+    ("NOTIFY_HEARTBEAT_SECONDS", "abc"),
+    ("NOTIFY_HEARTBEAT_SECONDS", "0.5"),
+    ("NOTIFY_RETRY_MS", "-5"),
+    ("NOTIFY_PUBLISH_RATE", "5/d"),
+    ("NOTIFY_PUBLISH_RATE", "0/s"),
+    ("NOTIFY_PADDING_BYTES", "-1"),
+    ("NOTIFY_RETENTION_DAYS", "0"),
+    ("NOTIFY_QUEUE_SIZE", "many"),
+    ("REDIS_URL", "http://x"),
+    ("DEBUG", "maybe"),
+    ("DATABASE_URL", "nosuchdb://x"),
+    ("ALLOWED_HOSTS", " , "),
+]
+
+
+COMMANDS = {
+    "asgi": [sys.executable, "-c", "import project.asgi"],
+    "check": [sys.executable, "manage.py", "check"],
+}
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("NOTIFY_", "REDIS_URL", "DATABASE_URL", "DJANGO_", "DEBUG")
+        )
+    }
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'conf.sqlite3'}"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        COMMANDS[command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_good_environment_values_load(clean_env, command):
+    env = clean_env | {
+        "NOTIFY_HEARTBEAT_SECONDS": "7.5",
+        "NOTIFY_PUBLISH_RATE": "10/h",
+        "NOTIFY_PADDING_BYTES": "0",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "DEBUG": "off",
+    }
+    result = run(command, env)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(("key", "value"), BAD_ENV)
+def test_a_bad_environment_value_fails_at_start_naming_the_key(
+    clean_env, command, key, value
+):
+    result = run(command, clean_env | {key: value})
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: ")
+    assert key in last
+
+
+CHECKED: list[tuple[str, Any, str]] = [
+    ("NOTIFY_HEARTBEAT_SECONDS", "abc", "notify.E001"),
+    ("NOTIFY_HEARTBEAT_SECONDS", 0, "notify.E001"),
+    ("NOTIFY_HEARTBEAT_SECONDS", True, "notify.E001"),
+    ("NOTIFY_RETRY_MS", -1, "notify.E002"),
+    ("NOTIFY_RETRY_MS", 1.5, "notify.E002"),
+    ("NOTIFY_PADDING_BYTES", -1, "notify.E003"),
+    ("NOTIFY_PADDING_BYTES", "lots", "notify.E003"),
+    ("NOTIFY_RETENTION_DAYS", 0, "notify.E004"),
+    ("NOTIFY_PUBLISH_RATE", "5/d", "notify.E005"),
+    ("NOTIFY_PUBLISH_RATE", "0/m", "notify.E005"),
+    ("NOTIFY_PUBLISH_RATE", 60, "notify.E005"),
+    ("NOTIFY_QUEUE_SIZE", 0, "notify.E006"),
+    ("NOTIFY_REPLAY_BATCH", 0, "notify.E007"),
+    ("NOTIFY_RESYNC_SECONDS", 0, "notify.E008"),
+    ("NOTIFY_SYNC_THREADS", 0, "notify.E009"),
+    ("NOTIFY_BROKER", "redis", "notify.E010"),
+    ("NOTIFY_BROKER", {"BACKEND": "notify.broker.nowhere.Broker"}, "notify.E010"),
+    (
+        "NOTIFY_BROKER",
+        {"BACKEND": "notify.broker.redis.RedisBroker", "OPTIONS": {"bogus": 1}},
+        "notify.E010",
+    ),
+]
+
+
+def _errors() -> list[CheckMessage]:
+    return [m for m in run_checks() if m.id and m.id.startswith("notify.E")]
+
+
+def test_the_defaults_pass_the_system_checks():
+    assert _errors() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "check_id"),
+    CHECKED,
+    ids=[f"{c}-{i}" for i, (_, _, c) in enumerate(CHECKED)],
+)
+def test_a_bad_setting_is_reported_by_the_system_checks(name, value, check_id):
+    with override_settings(**{name: value}):
+        found = _errors()
+    assert [m.id for m in found] == [check_id]
+    assert name in found[0].msg
+    assert found[0].is_serious()
+
+
+def test_every_bad_setting_is_reported_at_once():
+    with override_settings(NOTIFY_RETRY_MS=-1, NOTIFY_QUEUE_SIZE=0):
+        ids = sorted(m.id or "" for m in check_settings() if m.is_serious())
+    assert ids == ["notify.E002", "notify.E006"]
+
+
+def test_conf_follows_override_settings():
+    with override_settings(
+        NOTIFY_HEARTBEAT_SECONDS="4",
+        NOTIFY_PUBLISH_RATE="5/s",
+        NOTIFY_PADDING_BYTES=0,
+        NOTIFY_METRICS_TOKEN="t",
+    ):
+        assert conf.heartbeat_seconds == 4.0
+        assert conf.publish_rate == Rate(5, 1)
+        assert conf.padding_bytes == 0
+        assert conf.metrics_token == "t"
+    assert conf.padding_bytes == 2048
+    assert conf.publish_rate == Rate(60, 60)
+
+
+def test_the_development_key_is_a_warning_outside_debug():
+    with override_settings(DEBUG=False):
+        assert "notify.W001" in [m.id for m in check_settings()]
+    with override_settings(DEBUG=True):
+        assert "notify.W001" not in [m.id for m in check_settings()]
+
+
+# Padding
+
+
+async def _first_bytes(url: str, token: str, size: int) -> bytes:
+    buffer = b""
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", url + "/events/", headers=auth(token)) as response,
+    ):
+        assert response.status_code == 200
+        async for chunk in response.aiter_raw():
+            buffer += chunk
+            if len(buffer) >= size:
+                break
+    return buffer
+
+
+async def test_zero_padding_starts_the_stream_with_retry(start_server, tokens):
+    server = start_server(NOTIFY_PADDING_BYTES="0", NOTIFY_RETRY_MS="1500")
+    head = await _first_bytes(server.url, tokens["alice"], 30)
+    assert head.startswith(b"retry: 1500\n\nevent: ready\ndata: {")
+
+
+@pytest.mark.parametrize("size", [2048, 100])
+async def test_padding_is_a_comment_of_the_configured_size(start_server, tokens, size):
+    server = start_server(NOTIFY_PADDING_BYTES=str(size))
+    head = await _first_bytes(server.url, tokens["alice"], size + 30)
+    padding, rest = head[:size], head[size:]
+    assert padding.startswith(b":")
+    assert padding.endswith(b"\n\n")
+    assert padding.count(b"\n") == 2
+    assert rest.startswith(b"retry: 3000\n\nevent: ready\n")
+
+
+async def test_the_default_padding_is_2048_bytes(start_server, server_env, tokens):
+    server_env.pop("NOTIFY_PADDING_BYTES")
+    server = start_server()
+    head = await _first_bytes(server.url, tokens["alice"], 2048 + 15)
+    assert head[:2048].endswith(b"\n\n") and head[:1] == b":"
+    assert head[2048:].startswith(b"retry: 3000\n\n")
