@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from notify.models import Notification
 
 
+# Imported lazily: this package is imported by the settings, before Django's
+# app registry is ready for models.
 def publish(**kwargs: Any) -> Notification:
     from notify.publish import publish as _publish
 

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
@@ -156,55 +156,48 @@ async def send(
             await broker.aclose()
 
 
-def _draft(fields: dict[str, Any]) -> Draft:
-    payload = {k: v for k, v in fields.items() if v is not None}
+class Fields(TypedDict, total=False):
+    """The keyword arguments of :func:`publish` and :func:`apublish`.
+
+    ``title`` is required; ``audience`` is ``"all"`` (the default),
+    ``{"users": [username, ...]}`` or ``{"groups": [name, ...]}``;
+    ``expires_at`` is a datetime or an ISO 8601 string.
+    """
+
+    title: Required[str]
+    audience: str | dict[str, list[str]]
+    body: str
+    level: str
+    url: str | None
+    data: dict[str, Any] | None
+    expires_at: datetime | str | None
+
+
+def _draft(fields: Fields) -> Draft:
+    payload: dict[str, Any] = {"audience": "all"}
+    payload.update((k, v) for k, v in fields.items() if v is not None)
     return validate(payload)
 
 
 async def apublish(
-    *,
-    title: str,
-    audience: str | dict[str, list[str]] = "all",
-    body: str = "",
-    level: str = "info",
-    url: str | None = None,
-    data: dict[str, Any] | None = None,
-    expires_at: datetime | str | None = None,
-    sender: User | None = None,
+    *, sender: User | None = None, **fields: Unpack[Fields]
 ) -> Notification:
     """Publish a notification from async code; return it once committed.
 
     Raises :class:`~notify.exceptions.ValidationError` (bad fields, unknown
     users or groups) or :class:`~notify.exceptions.RateLimitedError`.
     """
-    draft = _draft(
-        {"audience": audience, "title": title, "body": body, "level": level}
-        | {"url": url, "data": data, "expires_at": expires_at}
-    )
-    published = await sync_to_async(persist)(draft, sender)
+    published = await sync_to_async(persist)(_draft(fields), sender)
     await send(published.message)
     return published.notification
 
 
-def publish(
-    *,
-    title: str,
-    audience: str | dict[str, list[str]] = "all",
-    body: str = "",
-    level: str = "info",
-    url: str | None = None,
-    data: dict[str, Any] | None = None,
-    expires_at: datetime | str | None = None,
-    sender: User | None = None,
-) -> Notification:
+def publish(*, sender: User | None = None, **fields: Unpack[Fields]) -> Notification:
     """Publish from sync code (a shell, a management command, a worker).
 
-    Inside ``transaction.atomic()`` the broadcast waits for the commit.
+    Same arguments and errors as :func:`apublish`. Inside
+    ``transaction.atomic()`` the broadcast waits for the commit.
     """
-    draft = _draft(
-        {"audience": audience, "title": title, "body": body, "level": level}
-        | {"url": url, "data": data, "expires_at": expires_at}
-    )
-    published = persist(draft, sender)
+    published = persist(_draft(fields), sender)
     transaction.on_commit(lambda: async_to_sync(send)(published.message))
     return published.notification

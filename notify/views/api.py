@@ -12,18 +12,18 @@ from django.views.decorators.csrf import csrf_exempt
 
 from notify import inbox, wire
 from notify.exceptions import RateLimitedError, ValidationError
-from notify.permissions import Caller, acaller, can_publish
+from notify.permissions import Caller, can_publish
 from notify.publish import persist, send
 from notify.validation import validate
 from notify.views.http import (
     MAX_ID,
+    authenticated,
     csrf_rejected,
     error,
     field_errors,
     int_param,
     json_response,
     methods,
-    unauthenticated,
 )
 
 MAX_BODY = 64 * 1024
@@ -101,10 +101,8 @@ async def _list(request: HttpRequest, caller: Caller) -> HttpResponse:
 
 @csrf_exempt
 @methods("GET", "POST")
-async def notifications(request: HttpRequest) -> HttpResponse:
-    caller = await acaller(request)
-    if not caller.authenticated:
-        return unauthenticated(caller)
+@authenticated
+async def notifications(request: HttpRequest, caller: Caller) -> HttpResponse:
     if request.method == "POST":
         return await _publish(request, caller)
     return await _list(request, caller)
@@ -112,10 +110,10 @@ async def notifications(request: HttpRequest) -> HttpResponse:
 
 @csrf_exempt
 @methods("POST")
-async def mark_read(request: HttpRequest, notification_id: int) -> HttpResponse:
-    caller = await acaller(request)
-    if not caller.authenticated:
-        return unauthenticated(caller)
+@authenticated
+async def mark_read(
+    request: HttpRequest, caller: Caller, notification_id: int
+) -> HttpResponse:
     if rejected := csrf_rejected(request, caller):
         return rejected
     if notification_id > MAX_ID or not await inbox.amark_read(
@@ -127,10 +125,8 @@ async def mark_read(request: HttpRequest, notification_id: int) -> HttpResponse:
 
 @csrf_exempt
 @methods("POST")
-async def mark_all_read(request: HttpRequest) -> HttpResponse:
-    caller = await acaller(request)
-    if not caller.authenticated:
-        return unauthenticated(caller)
+@authenticated
+async def mark_all_read(request: HttpRequest, caller: Caller) -> HttpResponse:
     if rejected := csrf_rejected(request, caller):
         return rejected
     await inbox.amark_all_read(caller.user_id)

@@ -6,15 +6,15 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from notify.history import aload_viewer
-from notify.permissions import acaller
+from notify.permissions import Caller
 from notify.streams import event_stream, poll
 from notify.views.http import (
     MAX_ID,
+    authenticated,
     field_errors,
     int_param,
     json_response,
     methods,
-    unauthenticated,
 )
 
 CURSOR_PARAMS = ("last_event_id", "lastEventId")
@@ -35,10 +35,8 @@ def _cursor(request: HttpRequest, errors: dict[str, list[str]]) -> int | None:
 
 @csrf_exempt
 @methods("GET")
-async def stream(request: HttpRequest) -> HttpResponseBase:
-    caller = await acaller(request)
-    if not caller.authenticated:
-        return unauthenticated(caller)
+@authenticated
+async def stream(request: HttpRequest, caller: Caller) -> HttpResponseBase:
     errors: dict[str, list[str]] = {}
     cursor = _cursor(request, errors)
     if errors:
@@ -56,10 +54,8 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
 
 @csrf_exempt
 @methods("GET")
-async def poll_events(request: HttpRequest) -> HttpResponseBase:
-    caller = await acaller(request)
-    if not caller.authenticated:
-        return unauthenticated(caller)
+@authenticated
+async def poll_events(request: HttpRequest, caller: Caller) -> HttpResponseBase:
     errors: dict[str, list[str]] = {}
     after = int_param(request, ["after"], errors)
     timeout = POLL_DEFAULT

@@ -9,7 +9,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
-from notify.permissions import Caller
+from notify.permissions import Caller, acaller
 
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
@@ -59,6 +59,22 @@ def methods(*allowed: str) -> Callable[[View], View]:
         return wrapper
 
     return decorate
+
+
+def authenticated(view: View) -> View:
+    """Authenticate (bearer token, else session) before the view runs, and
+    pass the :class:`Caller` as its second argument; 401 otherwise."""
+
+    @wraps(view)
+    async def wrapper(
+        request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        caller = await acaller(request)
+        if not caller.authenticated:
+            return unauthenticated(caller)
+        return await view(request, caller, *args, **kwargs)
+
+    return wrapper
 
 
 def csrf_rejected(request: HttpRequest, caller: Caller) -> JsonResponse | None:
