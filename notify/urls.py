@@ -1,8 +1,11 @@
 from django.urls import path
 
-from notify.views import api, events, service
+from notify.views import api, events, pages, service
 
 urlpatterns = [
+    path("", pages.inbox, name="inbox"),
+    path("broadcast/", pages.broadcast, name="broadcast"),
+    path("api/broadcasts/recent", pages.recent_broadcasts, name="recent-broadcasts"),
     path("events/", events.stream, name="events"),
     path("events/poll", events.poll_events, name="events-poll"),
     path("api/notifications", api.notifications, name="notifications"),
