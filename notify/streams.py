@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from notify import metrics, sse
-from notify.broker import Message, get_broker
+from notify.broker import Message, Subscription, get_broker
 from notify.conf import conf
 from notify.history import Viewer, areplay_batch, astream_start
 from notify.wire import WireNotification
@@ -35,6 +35,44 @@ def _notification(w: WireNotification) -> bytes:
 
 def _alive(message: Message, now: float) -> bool:
     return message.expires_at is None or message.expires_at > now
+
+
+_PING = Message(0, (), sse.PING)
+_EARLY = 0.01  # the loop may run a timer a clock tick before it is due
+
+
+class _Heartbeat:
+    """Queues a ping once the stream has been silent for ``seconds``.
+
+    One timer per stream, re-armed once per heartbeat, rather than a timeout
+    around every ``get()``: with thousands of open streams, arming and
+    cancelling a timer for each message (a push onto the loop's timer heap
+    and a cancelled handle left on it) costs about as much CPU as the rest of
+    the live path; see docs/PERFORMANCE.md. The ping travels through the
+    stream's own queue, so one generator still does all the writing.
+    """
+
+    def __init__(self, sub: Subscription, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sub = sub
+        self._seconds = seconds
+        self._last_output = self._loop.time()
+        self._timer = self._loop.call_at(self._last_output + seconds, self._due)
+
+    def touch(self) -> None:
+        self._last_output = self._loop.time()
+
+    def _due(self) -> None:
+        now = self._loop.time()
+        if now >= self._last_output + self._seconds - _EARLY:
+            # A full queue already holds output; the ping would add nothing.
+            if not self._sub.queue.full():
+                self._sub.queue.put_nowait(_PING)
+            self._last_output = now
+        self._timer = self._loop.call_at(self._last_output + self._seconds, self._due)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 async def event_stream(viewer: Viewer, cursor: int | None) -> AsyncIterator[bytes]:
@@ -61,25 +99,26 @@ async def event_stream(viewer: Viewer, cursor: int | None) -> AsyncIterator[byte
                     last_sent = replayed_through
                     yield chunk
 
-            while True:
-                try:
-                    async with asyncio.timeout(heartbeat):
-                        message: Message | None = await sub.get()
-                except TimeoutError:
-                    yield sse.PING
-                    continue
-                chunks: list[bytes] = []
-                now = time.time()
-                while message is not None:
-                    if message.id == 0:
-                        chunks.append(message.frame)
-                    elif message.id > last_sent and _alive(message, now):
-                        chunks.append(message.frame)
-                        last_sent = message.id
-                        metrics.DELIVERED.inc()
-                    message = sub.get_nowait() if len(chunks) < _MAX_COALESCE else None
-                if chunks:
-                    yield b"".join(chunks)
+            keepalive = _Heartbeat(sub, heartbeat)
+            try:
+                while True:
+                    message: Message | None = await sub.get()
+                    chunks: list[bytes] = []
+                    now = time.time()
+                    while message is not None:
+                        if message.id == 0:  # pings, read-state changes
+                            chunks.append(message.frame)
+                        elif message.id > last_sent and _alive(message, now):
+                            chunks.append(message.frame)
+                            last_sent = message.id
+                            metrics.DELIVERED.inc()
+                        more = len(chunks) < _MAX_COALESCE
+                        message = sub.get_nowait() if more else None
+                    if chunks:
+                        yield b"".join(chunks)
+                        keepalive.touch()
+            finally:
+                keepalive.cancel()
     except (asyncio.CancelledError, GeneratorExit):
         raise
     except Exception:

@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from notify import metrics
 
@@ -73,16 +73,17 @@ class Subscription:
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.maxsize)
 
-    async def get(self) -> Message:
-        """Wait for the next message."""
-        return await self.queue.get()
+    def get(self) -> Coroutine[Any, Any, Message]:
+        """Wait for the next message (``await sub.get()``)."""
+        # The queue's own coroutine rather than a wrapper: one object fewer
+        # per message and stream for the cyclic GC to promote at fan-out.
+        return self.queue.get()
 
     def get_nowait(self) -> Message | None:
         """The next message if one is queued, else None."""
-        try:
-            return self.queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+        # Checked first: the queue is empty after almost every message, and
+        # raising QueueEmpty each time costs more than asking.
+        return self.queue.get_nowait() if self.queue.qsize() else None
 
     def deliver(self, message: Message) -> None:
         if self.lagged:
