@@ -8,7 +8,8 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from notify.tokens import create_token
-from tests.support.servers import RedisServer, UvicornServer
+from tests.support.api import Client
+from tests.support.servers import RedisServer, UvicornServer, auth  # noqa: F401
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -143,5 +144,14 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+@pytest.fixture
+def client_for(tokens: dict[str, str]) -> Callable[[str], Client]:
+    def make(name: str) -> Client:
+        return Client(tokens[name])
+
+    return make
+
+
+@pytest.fixture
+def admin(client_for: Callable[[str], Client]) -> Client:
+    return client_for("admin")

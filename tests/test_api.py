@@ -1,4 +1,4 @@
-"""The JSON API over HTTP: publish, inbox, read state, health, metrics.
+"""The publish API over HTTP: who may publish, the request body, the result.
 
 Most requests go through Django's ``AsyncClient`` (the endpoints are plain,
 non-streaming responses); CSRF, rate limiting and a Redis outage are checked
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,13 +20,10 @@ from django.contrib.auth.models import Group, User
 from django.test import AsyncClient, override_settings
 
 from notify.models import Notification
-from notify.publish import persist
 from notify.tokens import create_token
-from notify.validation import validate
-from tests.conftest import auth
-from tests.support.servers import UvicornServer, wait_for
+from tests.support.api import API, Client, body, post_json
+from tests.support.servers import auth
 
-API = "/api/notifications"
 CSRF_SECRET = "s3cr3tCSRFvalue0123456789abcdefg"  # Django's 32-character form
 WIRE_KEYS = [
     "id",
@@ -41,53 +37,6 @@ WIRE_KEYS = [
     "expires_at",
     "read",
 ]
-
-
-class Client(AsyncClient):
-    """``AsyncClient`` sending a bearer token on every request (its own
-    ``headers=`` argument is dropped by Django 5.2's ``AsyncClient``)."""
-
-    def __init__(self, token: str | None = None) -> None:
-        super().__init__()
-        self.token = token
-
-    def generic(self, *args: Any, headers: Any = None, **kwargs: Any) -> Any:
-        if self.token is not None:
-            headers = auth(self.token) | dict(headers or {})
-        return super().generic(*args, headers=headers, **kwargs)
-
-
-@pytest.fixture
-def client_for(tokens: dict[str, str]) -> Callable[[str], Client]:
-    def make(name: str) -> Client:
-        return Client(tokens[name])
-
-    return make
-
-
-@pytest.fixture
-def admin(client_for: Callable[[str], Client]) -> Client:
-    return client_for("admin")
-
-
-async def post_json(client: AsyncClient, payload: Any, path: str = API) -> Any:
-    return await client.post(
-        path, data=json.dumps(payload), content_type="application/json"
-    )
-
-
-def body(response: Any) -> Any:
-    """The JSON of a Django test response or an httpx response."""
-    headers = response.headers
-    assert headers["Content-Type"].startswith("application/json")
-    return json.loads(response.content)
-
-
-def note(title: str = "Hello", audience: Any = "all", **fields: Any) -> Notification:
-    """A committed notification, made without any broker."""
-    return persist(
-        validate({"audience": audience, "title": title, **fields})
-    ).notification
 
 
 # Publish: who may
@@ -566,127 +515,6 @@ async def test_random_publish_bodies_never_cause_a_server_error(admin):
     assert statuses.get(201) and statuses.get(400)  # both paths were exercised
 
 
-# Inbox
-
-
-@pytest.fixture
-def inbox(users: Any) -> list[int]:
-    """60 notifications for everyone, then one only bob can see (id 61)."""
-    ids = [note(f"n{i}").id for i in range(60)]
-    ids.append(note("for bob", {"users": ["bob"]}).id)
-    return ids
-
-
-async def test_inbox_lists_newest_first_with_a_default_page_of_50(client_for, inbox):
-    response = await client_for("alice").get(API)
-    assert response.status_code == 200
-    got = body(response)
-    ids = [n["id"] for n in got["results"]]
-    assert ids == inbox[59:9:-1]
-    assert got["next"] == inbox[10]
-    assert got["unread_count"] == 60
-    assert all(list(n) == WIRE_KEYS for n in got["results"])
-    assert response["Cache-Control"] == "no-store"
-
-
-async def test_inbox_pages_with_before_until_next_is_null(client_for, inbox):
-    client = client_for("alice")
-    seen: list[int] = []
-    before = ""
-    for _ in range(10):
-        got = body(await client.get(API, {"limit": 25, "before": before}))
-        seen += [n["id"] for n in got["results"]]
-        if got["next"] is None:
-            break
-        before = got["next"]
-    assert seen == inbox[59::-1]
-
-
-async def test_inbox_limit_up_to_200(client_for, inbox):
-    got = body(await client_for("bob").get(API, {"limit": 200}))
-    assert [n["id"] for n in got["results"]] == inbox[::-1]
-    assert got["next"] is None
-
-
-@pytest.mark.parametrize(
-    ("param", "value"),
-    [
-        ("limit", "0"),
-        ("limit", "201"),
-        ("limit", "-1"),
-        ("limit", "ten"),
-        ("limit", "1.5"),
-        ("before", "abc"),
-        ("before", "0"),
-        ("before", str(2**64)),
-        ("limit", str(2**64)),
-        ("unread", "maybe"),
-    ],
-)
-async def test_inbox_bad_query_values_are_400_naming_the_field(
-    client_for, users, param, value
-):
-    response = await client_for("alice").get(API, {param: value})
-    assert response.status_code == 400
-    assert list(body(response)["errors"]) == [param]
-
-
-async def test_mark_read_is_reflected_in_read_and_unread_count(client_for, inbox):
-    alice = client_for("alice")
-    target = inbox[5]
-    response = await alice.post(f"{API}/{target}/read")
-    assert response.status_code == 204
-    assert response.content == b""
-    again = await alice.post(f"{API}/{target}/read")
-    assert again.status_code == 204
-
-    got = body(await alice.get(API, {"limit": 200}))
-    assert got["unread_count"] == 59
-    assert [n["id"] for n in got["results"] if n["read"]] == [target]
-    unread = body(await alice.get(API, {"unread": "1", "limit": 200}))
-    assert [n["id"] for n in unread["results"]] == [
-        i for i in inbox[59::-1] if i != target
-    ]
-    # Bob's read state is his own.
-    assert body(await client_for("bob").get(API))["unread_count"] == 61
-
-
-async def test_mark_all_read_marks_everything_visible_now(client_for, inbox):
-    bob = client_for("bob")
-    assert (await bob.post(f"{API}/read-all")).status_code == 204
-    got = body(await bob.get(API, {"limit": 200}))
-    assert got["unread_count"] == 0
-    assert all(n["read"] for n in got["results"])
-    assert body(await bob.get(API, {"unread": "1"}))["results"] == []
-
-    later = await sync_to_async(note)("later")
-    got = body(await bob.get(API, {"unread": "1"}))
-    assert [n["id"] for n in got["results"]] == [later.id]
-    assert got["unread_count"] == 1
-
-
-async def test_marking_a_notification_the_user_cannot_see_is_404_json(
-    client_for, inbox
-):
-    alice = client_for("alice")
-    for target in (inbox[-1], 99_999, 2**64):  # bob's; none; beyond any id
-        response = await alice.post(f"{API}/{target}/read")
-        assert response.status_code == 404
-        assert "error" in body(response)
-    assert body(await alice.get(API))["unread_count"] == 60
-
-
-async def test_inbox_requires_authentication(users):
-    for method, path in [
-        ("get", API),
-        ("post", f"{API}/1/read"),
-        ("post", f"{API}/read-all"),
-    ]:
-        response = await getattr(AsyncClient(), method)(path)
-        assert response.status_code == 401, path
-        assert "error" in body(response)
-
-
 # Wrong methods
 
 
@@ -710,96 +538,3 @@ async def test_a_wrong_method_is_405_json(admin, method, path):
     assert response.status_code == 405
     assert "error" in body(response)
     assert response["Allow"]
-
-
-# Service endpoints
-
-
-async def test_healthz_reports_ok_with_the_memory_broker(users):
-    response = await AsyncClient().get("/healthz")
-    assert response.status_code == 200
-    assert body(response) == {"status": "ok", "broker": "memory", "database": "ok"}
-
-
-async def test_healthz_reports_ok_with_redis(start_server, redis_url):
-    server = start_server(REDIS_URL=redis_url)
-    async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.get(server.url + "/healthz")
-    assert response.status_code == 200
-    assert body(response) == {"status": "ok", "broker": "redis", "database": "ok"}
-
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def test_healthz_is_503_when_redis_is_down(workdir, server_env, transactional_db):
-    dead = f"redis://127.0.0.1:{_unused_port()}/0"
-    server = UvicornServer(workdir, server_env | {"REDIS_URL": dead}, "no-redis")
-    super(UvicornServer, server).start()  # its own start() waits for a 200
-    try:
-        wait_for(lambda: _answers(server.url), 30, "uvicorn without Redis")
-        async with httpx.AsyncClient(timeout=10) as client:
-            response = await client.get(server.url + "/healthz")
-        assert response.status_code == 503
-        got = body(response)
-        assert got["status"] != "ok"
-        assert got["broker"] == "redis"
-        assert got["database"] == "ok"
-    finally:
-        server.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        httpx.get(url + "/healthz", timeout=2)
-    except httpx.HTTPError:
-        return False
-    return True
-
-
-async def test_metrics_needs_staff_or_the_metrics_token(client_for, users):
-    anonymous = await AsyncClient().get("/metrics")
-    assert anonymous.status_code == 401
-    assert "error" in body(anonymous)
-
-    denied = await client_for("alice").get("/metrics")
-    assert denied.status_code == 403
-    assert "error" in body(denied)
-
-    staff = AsyncClient()
-    await staff.aforce_login(users["admin"])
-    for client in (staff, client_for("admin")):
-        response = await client.get("/metrics")
-        assert response.status_code == 200
-        _assert_prometheus(response.content.decode())
-
-
-@override_settings(NOTIFY_METRICS_TOKEN="scrape-me-0123456789")
-async def test_metrics_accepts_the_configured_token(users):
-    response = await Client("scrape-me-0123456789").get("/metrics")
-    assert response.status_code == 200
-    assert response["Content-Type"].startswith("text/plain")
-    _assert_prometheus(response.content.decode())
-    wrong = await Client("scrape-me-wrong").get("/metrics")
-    assert wrong.status_code == 401
-
-
-def _assert_prometheus(text: str) -> None:
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            assert line.startswith(("# HELP ", "# TYPE ")), line
-            continue
-        name, value = line.split(" ")
-        values[name] = float(value)
-    for name in (
-        "notify_open_streams",
-        "notify_notifications_published_total",
-        "notify_events_delivered_total",
-        "notify_slow_client_disconnects_total",
-        "notify_replayed_events_total",
-    ):
-        assert name in values, name

@@ -32,8 +32,7 @@ from playwright.async_api import (
 
 from notify.publish import persist
 from notify.validation import validate
-from tests.conftest import auth
-from tests.support.servers import UvicornServer, need
+from tests.support.servers import UvicornServer, auth, need
 from tests.support.stack import Nginx, QuickPBKDF2PasswordHasher, collectstatic
 
 pytestmark = pytest.mark.browser

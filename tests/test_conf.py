@@ -17,8 +17,7 @@ from django.test import override_settings
 
 from notify.checks import check_settings
 from notify.conf import Rate, conf
-from tests.conftest import auth
-from tests.support.servers import ROOT
+from tests.support.servers import ROOT, auth
 
 BAD_ENV = [
     ("NOTIFY_HEARTBEAT_SECONDS", "abc"),

@@ -9,11 +9,13 @@ import sys
 
 import httpx
 
-from tests.conftest import auth
+from tests.support.servers import auth
 from tests.support.sse import Event, events
 
 
-async def _collect(url: str, token: str, until: int, seen: list[Event]) -> None:
+async def _collect(
+    url: str, token: str, until: int, seen: list[Event], ready: asyncio.Event
+) -> None:
     async with (
         httpx.AsyncClient(timeout=10) as client,
         client.stream("GET", url + "/events/", headers=auth(token)) as response,
@@ -21,6 +23,8 @@ async def _collect(url: str, token: str, until: int, seen: list[Event]) -> None:
         assert response.status_code == 200
         async for event in events(response):
             seen.append(event)
+            if event.event == "ready":
+                ready.set()
             if event.event == "notification" and event.json()["id"] >= until:
                 return
 
@@ -31,14 +35,16 @@ async def test_cross_process_delivery_reaches_every_client_once(
     one = start_server("one", REDIS_URL=redis_url)
     two = start_server("two", REDIS_URL=redis_url)
     seen: dict[str, list[Event]] = {"alice@one": [], "bob@two": [], "carol@two": []}
+    where = {"alice@one": one, "bob@two": two, "carol@two": two}
+    ready = {who: asyncio.Event() for who in seen}
     readers = [
-        asyncio.create_task(_collect(one.url, tokens["alice"], 1, seen["alice@one"])),
-        asyncio.create_task(_collect(two.url, tokens["bob"], 1, seen["bob@two"])),
-        asyncio.create_task(_collect(two.url, tokens["carol"], 1, seen["carol@two"])),
+        asyncio.create_task(
+            _collect(server.url, tokens[who.split("@")[0]], 1, seen[who], ready[who])
+        )
+        for who, server in where.items()
     ]
     async with asyncio.timeout(10):
-        while not all(any(e.event == "ready" for e in s) for s in seen.values()):
-            await asyncio.sleep(0.05)
+        await asyncio.gather(*(event.wait() for event in ready.values()))
 
     env = server_env | {"REDIS_URL": redis_url}
     result = await asyncio.to_thread(

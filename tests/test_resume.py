@@ -23,8 +23,7 @@ from notify import history, wire
 from notify.models import Notification, RetentionMark
 from notify.publish import persist, send
 from notify.validation import validate
-from tests.conftest import auth
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, auth
 from tests.support.sse import Event, events
 
 CURSORS = ["Last-Event-ID", "last_event_id", "lastEventId"]

@@ -28,7 +28,7 @@ from notify.inbox import amark_read
 from notify.models import Notification
 from notify.publish import apublish
 from project.asgi import application
-from tests.conftest import auth
+from tests.support.servers import auth
 from tests.support.sse import Event, events
 
 WAIT = 10.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import auth
+from tests.support.servers import auth
 from tests.support.sse import events
 
 pytestmark = pytest.mark.skipif(

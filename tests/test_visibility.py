@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import AsyncClient
 
-from tests.conftest import auth
+from tests.support.servers import auth
 from tests.support.sse import Event, events
 
 WHO = ["admin", "alice", "bob", "carol"]

@@ -20,6 +20,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

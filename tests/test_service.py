@@ -1,0 +1,101 @@
+"""/healthz and /metrics."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+from django.test import AsyncClient, override_settings
+
+from tests.support.api import Client, body
+from tests.support.servers import UvicornServer, wait_for
+
+
+async def test_healthz_reports_ok_with_the_memory_broker(users):
+    response = await AsyncClient().get("/healthz")
+    assert response.status_code == 200
+    assert body(response) == {"status": "ok", "broker": "memory", "database": "ok"}
+
+
+async def test_healthz_reports_ok_with_redis(start_server, redis_url):
+    server = start_server(REDIS_URL=redis_url)
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(server.url + "/healthz")
+    assert response.status_code == 200
+    assert body(response) == {"status": "ok", "broker": "redis", "database": "ok"}
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_healthz_is_503_when_redis_is_down(workdir, server_env, transactional_db):
+    dead = f"redis://127.0.0.1:{_unused_port()}/0"
+    server = UvicornServer(workdir, server_env | {"REDIS_URL": dead}, "no-redis")
+    super(UvicornServer, server).start()  # its own start() waits for a 200
+    try:
+        wait_for(lambda: _answers(server.url), 30, "uvicorn without Redis")
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(server.url + "/healthz")
+        assert response.status_code == 503
+        got = body(response)
+        assert got["status"] != "ok"
+        assert got["broker"] == "redis"
+        assert got["database"] == "ok"
+    finally:
+        server.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url + "/healthz", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+async def test_metrics_needs_staff_or_the_metrics_token(client_for, users):
+    anonymous = await AsyncClient().get("/metrics")
+    assert anonymous.status_code == 401
+    assert "error" in body(anonymous)
+
+    denied = await client_for("alice").get("/metrics")
+    assert denied.status_code == 403
+    assert "error" in body(denied)
+
+    staff = AsyncClient()
+    await staff.aforce_login(users["admin"])
+    for client in (staff, client_for("admin")):
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        _assert_prometheus(response.content.decode())
+
+
+@override_settings(NOTIFY_METRICS_TOKEN="scrape-me-0123456789")
+async def test_metrics_accepts_the_configured_token(users):
+    response = await Client("scrape-me-0123456789").get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    _assert_prometheus(response.content.decode())
+    wrong = await Client("scrape-me-wrong").get("/metrics")
+    assert wrong.status_code == 401
+
+
+def _assert_prometheus(text: str) -> None:
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.startswith(("# HELP ", "# TYPE ")), line
+            continue
+        name, value = line.split(" ")
+        values[name] = float(value)
+    for name in (
+        "notify_open_streams",
+        "notify_notifications_published_total",
+        "notify_events_delivered_total",
+        "notify_slow_client_disconnects_total",
+        "notify_replayed_events_total",
+    ):
+        assert name in values, name
