@@ -21,22 +21,10 @@ from django.test import AsyncClient, override_settings
 
 from notify.models import Notification
 from notify.tokens import create_token
-from tests.support.api import API, Client, body, post_json
+from tests.support.api import API, WIRE_KEYS, Client, body, post_json
 from tests.support.servers import auth
 
 CSRF_SECRET = "s3cr3tCSRFvalue0123456789abcdefg"  # Django's 32-character form
-WIRE_KEYS = [
-    "id",
-    "level",
-    "title",
-    "body",
-    "url",
-    "data",
-    "audience",
-    "created_at",
-    "expires_at",
-    "read",
-]
 
 
 # Publish: who may

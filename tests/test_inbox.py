@@ -8,20 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
-from tests.support.api import API, body, note
-
-WIRE_KEYS = [
-    "id",
-    "level",
-    "title",
-    "body",
-    "url",
-    "data",
-    "audience",
-    "created_at",
-    "expires_at",
-    "read",
-]
+from tests.support.api import API, WIRE_KEYS, body, note
 
 
 @pytest.fixture

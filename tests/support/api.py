@@ -13,6 +13,19 @@ from notify.validation import validate
 from tests.support.servers import auth
 
 API = "/api/notifications"
+# The wire JSON of a notification, keys in order.
+WIRE_KEYS = [
+    "id",
+    "level",
+    "title",
+    "body",
+    "url",
+    "data",
+    "audience",
+    "created_at",
+    "expires_at",
+    "read",
+]
 
 
 class Client(AsyncClient):
