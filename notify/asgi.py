@@ -1,28 +1,66 @@
-"""Django's ASGI handler, minus the OS thread per open stream.
+"""Django's ASGI handler, without the thread and the two tasks per open stream.
 
-Django enters a fresh ``ThreadSensitiveContext`` for every request. The first
-``sync_to_async`` call inside it (the ``request_started`` receivers, session and
-auth middleware, the ORM) creates a one-thread executor that lives until the
-response ends, so every open event stream pins a thread, and with it that
-thread's database connection.
+Stock Django enters a fresh ``ThreadSensitiveContext`` for every request. The
+first ``sync_to_async`` call inside it (the ``request_started`` receivers,
+session and auth middleware, the ORM) creates a one-thread executor that lives
+until the response ends, so every open event stream pins a thread, and with it
+that thread's database connection. Here each request instead enters a context
+bound to one of a small, fixed pool of single-thread executors (asgiref's
+``ThreadSensitiveContext(executor=)``); Django's own inner context reuses it.
+Sync work of a request still runs on one thread, as Django expects, but threads
+and database connections stay at ``NOTIFY_SYNC_THREADS`` however many streams
+are open.
 
-Here each request instead enters a context bound to one of a small, fixed
-pool of single-thread executors (asgiref's ``ThreadSensitiveContext(executor=)``).
-Django's own inner context then reuses it. Sync work of a request still runs
-on one thread, as Django expects, but threads and database connections stay
-at ``NOTIFY_SYNC_THREADS`` however many streams are open.
+Stock Django also runs each request in two extra tasks (the view and its
+response, and a listener for ``http.disconnect``) raced with ``asyncio.wait``,
+and wraps every streamed part in a chunking generator and a new message. Held
+for hours by thousands of open streams, that is about a third of a stream's
+memory and of the CPU of a broadcast (docs/PERFORMANCE.md). Here the request
+runs in the connection's own task, the same middleware, view and response as
+ever, watched by one small task that cancels it when the client leaves; a
+streamed part is sent as it is unless it is larger than ``chunk_size``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import io
 import itertools
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from typing import Any
 
 import django
-from asgiref.sync import ThreadSensitiveContext
-from django.core.handlers.asgi import ASGIHandler
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http import HttpResponseBase
+from django.urls import set_script_prefix
+
+
+class _DisconnectWatcher:
+    """Cancels ``task`` when the client disconnects, until stopped."""
+
+    def __init__(self, receive: Any, task: asyncio.Task[Any]) -> None:
+        self.fired = False
+        self._stopped = False
+        self._target = task
+        self._task = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Any) -> None:
+        # The request body has been read: all that can come now is the end.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self._stopped:
+            self.fired = True
+            self._target.cancel()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._task.cancel()
 
 
 class ThreadPoolASGIHandler(ASGIHandler):
@@ -35,14 +73,105 @@ class ThreadPoolASGIHandler(ASGIHandler):
         self._next = itertools.cycle(self.executors)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP, not {scope['type']}.")
         async with ThreadSensitiveContext(executor=next(self._next)):
-            await super().__call__(scope, receive, send)
+            await self.handle(scope, receive, send)
+
+    async def read_body(self, receive: Any) -> Any:
+        """The request body, in memory when it came in one message (every GET
+        and small POST) rather than in a spooled temporary file."""
+        first = await receive()
+        if first["type"] == "http.request" and not first.get("more_body", False):
+            body = first.get("body", b"")
+            if len(body) <= settings.FILE_UPLOAD_MAX_MEMORY_SIZE:
+                return io.BytesIO(body)
+        pending = [first]
+
+        async def replay() -> Any:
+            return pending.pop() if pending else await receive()
+
+        return await super().read_body(replay)
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        """``ASGIHandler.handle``, with the request in the calling task."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        await signals.request_started.asend(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            assert error_response is not None  # one or the other
+            body_file.close()
+            await self.send_response(error_response, send)
+            await sync_to_async(error_response.close)()
+            return
+
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = _DisconnectWatcher(receive, task)
+        response: HttpResponseBase | None = None
+        try:
+            response = await self.run_get_response(request)
+            del request  # a stream may stay open for hours
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            # The client left; or, once there is a response, something ended
+            # it on purpose (a stream too far behind, a server shutting down):
+            # either way this response is over, and so is the request.
+            if not watcher.fired and response is None:
+                watcher.stop()
+                body_file.close()
+                raise
+            task.uncancel()
+        finally:
+            watcher.stop()
+        if response is None:
+            await signals.request_finished.asend(sender=self.__class__)
+        else:
+            await sync_to_async(response.close)()
+        body_file.close()
+
+    async def send_response(self, response: Any, send: Any) -> None:
+        if not response.streaming:
+            await super().send_response(response, send)
+            return
+        headers = [
+            (header.encode("ascii"), value.encode("latin1"))
+            for header, value in response.items()
+        ]
+        headers.extend(
+            (b"Set-Cookie", c.output(header="").encode("ascii").strip())
+            for c in response.cookies.values()
+        )
+        start = {"type": "http.response.start", "status": response.status_code}
+        await send({**start, "headers": headers})
+        del headers, start
+        limit = self.chunk_size
+        async with aclosing(aiter(response)) as content:
+            async for part in content:
+                if len(part) <= limit:
+                    await send(
+                        {"type": "http.response.body", "body": part, "more_body": True}
+                    )
+                    continue
+                for chunk, _ in self.chunk_bytes(part):
+                    await send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
+        await send({"type": "http.response.body"})
 
 
 # Fan-out to thousands of streams allocates many short-lived objects per
 # message; at CPython's default first-generation threshold (700) the cyclic
 # collector then runs over and over and takes about a third of the broadcast
 # CPU (docs/PERFORMANCE.md). A deployment that set its own threshold keeps it.
+# What exists once the application is loaded (modules, settings, URL
+# patterns, middleware: some 100,000 objects) lives as long as the process, so
+# it is moved out of the collector's sight and full collections, which walk
+# every tracked object, only walk what the requests and streams created.
 _GC_DEFAULT, _GC_SERVER = (700, 10, 10), (7000, 10, 10)
 
 
@@ -52,4 +181,7 @@ def get_asgi_application() -> ThreadPoolASGIHandler:
     django.setup(set_prefix=False)
     from notify.conf import conf
 
-    return ThreadPoolASGIHandler(conf.sync_threads)
+    handler = ThreadPoolASGIHandler(conf.sync_threads)
+    gc.collect()
+    gc.freeze()
+    return handler

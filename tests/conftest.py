@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
 
+from notify.broker import forget_broker
 from notify.tokens import create_token
 from tests.support.api import Client
 from tests.support.servers import RedisServer, UvicornServer, auth  # noqa: F401
@@ -38,6 +41,25 @@ def django_db_modify_db_settings(test_db_path: Path) -> None:
     from django.conf import settings
 
     settings.DATABASES["default"]["TEST"]["NAME"] = str(test_db_path)
+
+
+@pytest.fixture
+def fast_password_hashing(settings: Any) -> None:
+    """For tests that never log in with a password: hashing four is slow."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+async def close_broker(settings: Any) -> AsyncIterator[None]:
+    """Close this loop's broker (and its resync task) before the loop ends.
+
+    Depends on ``settings`` so that it runs before the settings are restored,
+    which would drop the cached broker without closing it."""
+    yield
+    broker = forget_broker()
+    if broker is not None:
+        async with asyncio.timeout(10):
+            await broker.aclose()
 
 
 @pytest.fixture(scope="session")

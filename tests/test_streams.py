@@ -23,7 +23,7 @@ from asgiref import testing
 from django.contrib.auth.models import User
 
 from notify import metrics, sse, wire
-from notify.broker import forget_broker, get_broker
+from notify.broker import get_broker
 from notify.inbox import amark_read
 from notify.models import Notification
 from notify.publish import apublish
@@ -37,23 +37,7 @@ WAIT = 10.0
 ApplicationCommunicator: Any = testing.ApplicationCommunicator
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    # Nothing here logs in with a password; hashing four per test is slow.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-async def close_broker(settings: Any) -> AsyncIterator[None]:
-    """Close this loop's broker (and its resync task) before the loop ends.
-
-    Depends on ``settings`` so that it runs before the settings are restored,
-    which would drop the cached broker without closing it."""
-    yield
-    broker = forget_broker()
-    if broker is not None:
-        async with asyncio.timeout(WAIT):
-            await broker.aclose()
+pytestmark = pytest.mark.usefixtures("fast_password_hashing", "close_broker")
 
 
 # -- in process ---------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.http.cookie import SimpleCookie
+from django.http.response import ResponseHeaders
 from django.views.decorators.csrf import csrf_exempt
 
 from notify.history import aload_viewer
@@ -26,13 +28,12 @@ CONTENT_TYPE = "text/event-stream; charset=utf-8"
 class EventStreamResponse(StreamingHttpResponse):
     """A ``StreamingHttpResponse`` whose body is ready-made SSE bytes.
 
-    Django's ASGI handler calls ``aiter(response)`` once every middleware has
-    seen the response, then keeps the request referenced until the stream
-    ends, hours later. From that point the stream needs nothing from it, so
-    its state (headers, session, user, cookies) is dropped, which more than
-    halves what Django keeps per open stream. The generator already yields
-    bytes, so it is handed over as is, without the two async-generator layers
-    Django would add around every message.
+    The ASGI handler calls ``aiter(response)`` once every middleware has seen
+    the response and its headers are encoded; the stream then stays open for
+    hours and needs nothing more from the request (session, user, headers) or
+    from its own headers and cookies, so they are dropped there. The generator
+    already yields bytes, so it is handed over as is, without the two
+    async-generator layers Django would add around every message.
     """
 
     def __init__(self, body: AsyncIterator[bytes], request: HttpRequest) -> None:
@@ -46,6 +47,8 @@ class EventStreamResponse(StreamingHttpResponse):
         request, self._request = self._request, None
         if request is not None:
             vars(request).clear()
+        self.headers = ResponseHeaders({})
+        self.cookies = SimpleCookie()
         return self._body
 
 

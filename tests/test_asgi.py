@@ -1,0 +1,152 @@
+"""The ASGI handler (notify/asgi.py): one task per request, a watcher for the
+client leaving, request bodies in memory, streamed parts sent as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from asgiref import testing
+from django.http import StreamingHttpResponse
+
+from notify.broker import get_broker
+from notify.models import Notification
+from project.asgi import application
+
+WAIT = 10.0
+ApplicationCommunicator: Any = testing.ApplicationCommunicator
+
+
+pytestmark = pytest.mark.usefixtures("fast_password_hashing", "close_broker")
+
+
+def _scope(
+    method: str, path: str, token: str, query: bytes = b"", **headers: str
+) -> dict[str, Any]:
+    sent = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode())]
+    sent += [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": sent,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def _response(communicator: Any) -> tuple[int, bytes]:
+    start = await communicator.receive_output(timeout=WAIT)
+    assert start["type"] == "http.response.start", start
+    body = b""
+    while True:
+        message = await communicator.receive_output(timeout=WAIT)
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return start["status"], body
+
+
+async def _publish(token: str, payload: bytes, part: int) -> tuple[int, bytes]:
+    """POST ``payload`` to the publish API in messages of ``part`` bytes."""
+    scope = _scope(
+        "POST",
+        "/api/notifications",
+        token,
+        content_type="application/json",
+        content_length=str(len(payload)),
+    )
+    communicator = ApplicationCommunicator(application, scope)
+    for start in range(0, len(payload), part):
+        more = start + part < len(payload)
+        chunk = payload[start : start + part]
+        await communicator.send_input(
+            {"type": "http.request", "body": chunk, "more_body": more}
+        )
+    answer = await _response(communicator)
+    await communicator.wait(timeout=WAIT)
+    return answer
+
+
+async def test_a_body_sent_in_several_messages_is_read_whole(tokens):
+    fields = {"audience": "all", "title": "t" * 150, "body": "b" * 3000}
+    status, body = await _publish(tokens["admin"], json.dumps(fields).encode(), 1000)
+    assert status == 201, body
+    note = await Notification.objects.aget()
+    assert (note.title, note.body) == ("t" * 150, "b" * 3000)
+
+
+async def test_a_client_leaving_during_a_long_poll_ends_the_view(tokens):
+    scope = _scope("GET", "/events/poll", tokens["bob"], query=b"timeout=50")
+    communicator = ApplicationCommunicator(application, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    assert await communicator.receive_nothing(timeout=0.5)  # the poll waits
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=WAIT)  # well before the poll's 50 s
+    assert get_broker().fanout.subscriptions == set()
+    assert await communicator.receive_nothing()
+
+
+async def test_cancelling_an_open_stream_ends_it_quietly(tokens):
+    """A server shutting down cancels each connection's task: the stream lets
+    go of its subscription and the handler returns without an error."""
+    communicator = ApplicationCommunicator(
+        application, _scope("GET", "/events/", tokens["bob"])
+    )
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=WAIT)
+    assert start["status"] == 200
+    async with asyncio.timeout(WAIT):
+        while not get_broker().fanout.subscriptions:
+            await communicator.receive_output(timeout=WAIT)
+    communicator.future.cancel()
+    await communicator.wait(timeout=WAIT)
+    assert communicator.future.exception() is None
+    assert get_broker().fanout.subscriptions == set()
+
+
+async def test_streamed_parts_are_sent_whole_up_to_the_chunk_size():
+    size = application.chunk_size
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"a" * 10
+        yield b"b" * size
+        yield b"c" * (2 * size + 5)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    response = StreamingHttpResponse(parts(), content_type="text/plain")
+    response.set_cookie("flavour", "plain")
+    await application.send_response(response, send)
+    start, *body = sent
+    assert start["status"] == 200
+    assert (b"Content-Type", b"text/plain") in start["headers"]
+    assert any(
+        k == b"Set-Cookie" and v.startswith(b"flavour=plain")
+        for k, v in start["headers"]
+    )
+    assert [len(m["body"]) for m in body[:-1]] == [10, size, size, size, 5]
+    assert all(m["more_body"] for m in body[:-1])
+    assert body[-1] == {"type": "http.response.body"}
+
+
+async def test_a_body_over_the_memory_limit_is_spooled_and_still_answered(
+    tokens, settings
+):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024
+    payload = b'{"audience": "all", "title": "' + b"x" * 2000 + b'"}'
+    status, body = await _publish(tokens["admin"], payload, len(payload))
+    # Read whole from the spooled file, then judged on its content.
+    assert status == 400, body
+    assert "title" in json.loads(body)["errors"]
