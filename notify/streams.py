@@ -33,8 +33,8 @@ def _notification(w: WireNotification) -> bytes:
     return sse.event("notification", w, id=w["id"])
 
 
-def _alive(message: Message, now: float) -> bool:
-    return message.expires_at is None or message.expires_at > now
+def _alive(message: Message) -> bool:
+    return message.expires_at is None or message.expires_at > time.time()
 
 
 _PING = Message(0, (), sse.PING)
@@ -56,20 +56,17 @@ class _Heartbeat:
         self._loop = asyncio.get_running_loop()
         self._sub = sub
         self._seconds = seconds
-        self._last_output = self._loop.time()
-        self._timer = self._loop.call_at(self._last_output + seconds, self._due)
-
-    def touch(self) -> None:
-        self._last_output = self._loop.time()
+        self.last_output = self._loop.time()  # the stream sets it on each write
+        self._timer = self._loop.call_at(self.last_output + seconds, self._due)
 
     def _due(self) -> None:
         now = self._loop.time()
-        if now >= self._last_output + self._seconds - _EARLY:
+        if now >= self.last_output + self._seconds - _EARLY:
             # A full queue already holds output; the ping would add nothing.
-            if not self._sub.queue.full():
-                self._sub.queue.put_nowait(_PING)
-            self._last_output = now
-        self._timer = self._loop.call_at(self._last_output + self._seconds, self._due)
+            if not self._sub.full():
+                self._sub.deliver(_PING)
+            self.last_output = now
+        self._timer = self._loop.call_at(self.last_output + self._seconds, self._due)
 
     def cancel(self) -> None:
         self._timer.cancel()
@@ -100,23 +97,27 @@ async def event_stream(viewer: Viewer, cursor: int | None) -> AsyncIterator[byte
                     yield chunk
 
             keepalive = _Heartbeat(sub, heartbeat)
+            drain, wait, clock = sub.drain, sub.wait, asyncio.get_running_loop().time
             try:
                 while True:
-                    message: Message | None = await sub.get()
+                    batch = drain(_MAX_COALESCE)
+                    if not batch:
+                        await wait()
+                        continue
                     chunks: list[bytes] = []
-                    now = time.time()
-                    while message is not None:
+                    delivered = 0
+                    for message in batch:
                         if message.id == 0:  # pings, read-state changes
                             chunks.append(message.frame)
-                        elif message.id > last_sent and _alive(message, now):
+                        elif message.id > last_sent and _alive(message):
                             chunks.append(message.frame)
                             last_sent = message.id
-                            metrics.DELIVERED.inc()
-                        more = len(chunks) < _MAX_COALESCE
-                        message = sub.get_nowait() if more else None
+                            delivered += 1
+                    if delivered:
+                        metrics.DELIVERED.inc(delivered)
                     if chunks:
-                        yield b"".join(chunks)
-                        keepalive.touch()
+                        yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                        keepalive.last_output = clock()
             finally:
                 keepalive.cancel()
     except (asyncio.CancelledError, GeneratorExit):
