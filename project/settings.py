@@ -84,14 +84,16 @@ INSTALLED_APPS = [
 
 # No GZipMiddleware: it would buffer the event stream (and compressing a
 # stream of tiny events buys nothing).
+# Django's standard middleware, with the hooks that do no I/O run on the
+# event loop instead of in a worker thread (notify/middleware.py).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "notify.middleware.SecurityMiddleware",
+    "notify.middleware.SessionMiddleware",
+    "notify.middleware.CommonMiddleware",
+    "notify.middleware.CsrfViewMiddleware",
+    "notify.middleware.AuthenticationMiddleware",
+    "notify.middleware.MessageMiddleware",
+    "notify.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
