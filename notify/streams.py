@@ -33,10 +33,6 @@ def _notification(w: WireNotification) -> bytes:
     return sse.event("notification", w, id=w["id"])
 
 
-def _alive(message: Message) -> bool:
-    return message.expires_at is None or message.expires_at > time.time()
-
-
 _PING = Message(0, (), sse.PING)
 _EARLY = 0.01  # the loop may run a timer a clock tick before it is due
 
@@ -109,7 +105,10 @@ async def event_stream(viewer: Viewer, cursor: int | None) -> AsyncIterator[byte
                     for message in batch:
                         if message.id == 0:  # pings, read-state changes
                             chunks.append(message.frame)
-                        elif message.id > last_sent and _alive(message):
+                        elif message.id > last_sent and (
+                            message.expires_at is None
+                            or message.expires_at > time.time()
+                        ):
                             chunks.append(message.frame)
                             last_sent = message.id
                             delivered += 1
