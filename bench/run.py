@@ -33,18 +33,20 @@ HEARTBEAT = "60"
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--streams", default="1000,5000", help="comma-separated N")
-    parser.add_argument("--broadcasts", type=int, default=20)
+    parser.add_argument("--broadcasts", type=int, default=40)
     parser.add_argument("--spacing", type=float, default=0.5, help="seconds")
     parser.add_argument(
         "--quick", action="store_true", help="200 streams, 5 broadcasts"
     )
     parser.add_argument(
         "--targets",
-        default="reference,notify,notify-direct",
-        help="reference, notify, notify-direct (notify's stream outside Django's handler)",
+        default="reference,notify",
+        help="reference, notify (the reference first)",
     )
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy each server while it broadcasts"
+        "--profile",
+        action="store_true",
+        help="py-spy each streaming worker while it broadcasts",
     )
     parser.add_argument(
         "--gc-threshold",
@@ -60,7 +62,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.counts or min(args.counts) <= 10:
         parser.error("--streams must be larger than 10")
     args.target_names = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.target_names) - {"reference", "notify", "notify-direct"}
+    unknown = set(args.target_names) - {"reference", "notify"}
     if unknown or not args.target_names:
         parser.error(f"unknown --targets: {', '.join(sorted(unknown)) or '(none)'}")
     return args
@@ -127,15 +129,6 @@ async def _run(
                 "bench.reference_asgi:app",
                 reference_env(redis_url),
                 None,
-                seeded["publisher"],
-                seeded["viewers"],
-                args.profile,
-            ),
-            "notify-direct": Target(
-                "notify-direct",
-                "bench.direct_asgi:app",
-                env,
-                db_path,
                 seeded["publisher"],
                 seeded["viewers"],
                 args.profile,

@@ -1,10 +1,13 @@
-"""One measured scenario: one fresh server, N streams, B broadcasts.
+"""One measured scenario: N streams on one fresh worker, B broadcasts.
 
-Phases, each bounded: start the server; open 10 streams and publish a few
-times (warm-up, then the CPU of one publish request); sample the baseline;
-open streams up to N (through 2,000 on the way, for the flatness figures),
-sampling at each checkpoint; broadcast B times, ``spacing`` apart, and wait
-until every stream has every event (or the timeout); stop everything.
+Two fresh uvicorn workers per target, as in a deployment with several: the
+*streaming* worker, which is measured, holds the streams and is fed through
+Redis; the *publishing* worker takes the publish requests. Phases, each
+bounded: start both; open 10 streams and publish a few times (warm-up, then
+the CPU of one publish request, on the publishing worker); sample the
+baseline; open streams up to N (through 2,000 on the way, for the flatness
+figures), sampling at each checkpoint; broadcast B times, ``spacing`` apart,
+and wait until every stream has every event (or the timeout); stop everything.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class Plan:
     payload_body: str = field(default="x" * 120)
 
 
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -68,15 +75,24 @@ class Scenario:
         child, url = await servers.start_uvicorn(
             target.name, target.app, env, plan.workdir
         )
-        port = int(url.rsplit(":", 1)[1])
-        streams = Streams(port, target.viewers)
         try:
-            return await self._measure(child.pid, port, streams)
+            publisher, publisher_url = await servers.start_uvicorn(
+                f"{target.name}-publisher", target.app, target.env, plan.workdir
+            )
+        except BaseException:
+            await asyncio.to_thread(child.stop)
+            raise
+        streams = Streams(_port(url), target.viewers)
+        try:
+            return await self._measure(
+                child.pid, streams, publisher.pid, _port(publisher_url)
+            )
         finally:
             await self.profiler.stop()
             streams.close()
             await asyncio.sleep(0.5)
             await asyncio.to_thread(child.stop)
+            await asyncio.to_thread(publisher.stop)
 
     async def _publish(self, port: int) -> tuple[float, int]:
         self.sequence += 1
@@ -101,18 +117,22 @@ class Scenario:
             await asyncio.sleep(0.02)
         return streams.received_at_least(count)
 
-    async def _measure(self, pid: int, port: int, streams: Streams) -> dict[str, Any]:
+    async def _measure(
+        self, pid: int, streams: Streams, publisher: int, port: int
+    ) -> dict[str, Any]:
+        """``pid``: the streaming worker; ``publisher``, ``port``: the
+        publishing worker."""
         plan, db = self.plan, self.target.db_path
         async with asyncio.timeout(plan.open_timeout):
             await streams.open(BASELINE)
         probe_start = 0.0
         for i in range(WARMUP_PUBLISHES + PROBE_PUBLISHES):
             if i == WARMUP_PUBLISHES:
-                probe_start = procstat.cpu_seconds(pid)
+                probe_start = procstat.cpu_seconds(publisher)
             streams.forget_arrivals()
             await self._publish(port)
             await self._wait_delivered(streams, 1)
-        publish_cpu = (procstat.cpu_seconds(pid) - probe_start) / PROBE_PUBLISHES
+        publish_cpu = (procstat.cpu_seconds(publisher) - probe_start) / PROBE_PUBLISHES
         await asyncio.sleep(1)
         samples = {BASELINE: procstat.sample(pid, db)}
 
@@ -137,6 +157,7 @@ class Scenario:
         await self.profiler.start(pid, f"{self.target.name}-{plan.streams}-broadcast")
         sent: dict[int, float] = {}
         cpu_before, phase_start = procstat.cpu_seconds(pid), time.monotonic()
+        publisher_before = procstat.cpu_seconds(publisher)
         for b in range(plan.broadcasts):
             when, notification_id = await self._publish(port)
             sent[notification_id] = when
@@ -144,6 +165,7 @@ class Scenario:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         complete = await self._wait_delivered(streams, plan.broadcasts)
         broadcast_cpu = procstat.cpu_seconds(pid) - cpu_before
+        publisher_cpu = procstat.cpu_seconds(publisher) - publisher_before
         broadcast_seconds = time.monotonic() - phase_start
         await self.profiler.stop()
         gc_after = await asyncio.to_thread(
@@ -162,10 +184,11 @@ class Scenario:
             "open_seconds": open_seconds,
             "publish_cpu_ms": publish_cpu * 1000,
             "broadcast_cpu_s": broadcast_cpu,
+            "publisher_cpu_s": publisher_cpu,
             "broadcast_seconds": broadcast_seconds,
             "complete": complete,
             "gc": probes.gc_delta(gc_before, gc_after),
-            **_deliveries(streams.clients, sent, n * b, broadcast_cpu, b * publish_cpu),
+            **_deliveries(streams.clients, sent, n * b, broadcast_cpu, publisher_cpu),
         }
 
 
@@ -174,7 +197,7 @@ def _deliveries(
     sent: dict[int, float],
     expected: int,
     cpu: float,
-    publish_cpu: float,
+    publisher_cpu: float,
 ) -> dict[str, Any]:
     latencies: list[float] = []
     received = duplicates = lost = 0
@@ -189,7 +212,7 @@ def _deliveries(
     return {
         "deliveries": received,
         "deliveries_per_cpu_s": received / max(cpu, 1e-9),
-        "fanout_deliveries_per_cpu_s": received / max(cpu - publish_cpu, 1e-9),
+        "all_in_deliveries_per_cpu_s": received / max(cpu + publisher_cpu, 1e-9),
         "latency_p50_ms": _percentile(latencies, 0.50) * 1000,
         "latency_p99_ms": _percentile(latencies, 0.99) * 1000,
         "latency_max_ms": max(latencies, default=float("nan")) * 1000,
