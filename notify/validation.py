@@ -34,6 +34,19 @@ class Draft:
     group_names: list[str] = field(default_factory=list)
 
 
+NOT_UNICODE = "Must be valid Unicode text (no lone surrogates such as \\ud800)."
+
+
+def _unicode(text: str) -> bool:
+    """False for strings no database can store: lone UTF-16 surrogates, which
+    a JSON "\\ud800" escape or a Python caller can produce."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _names(value: object, what: str, errors: list[str]) -> list[str]:
     if not isinstance(value, list) or not value:
         errors.append(f"{what} must be a non-empty list of names.")
@@ -43,6 +56,9 @@ def _names(value: object, what: str, errors: list[str]) -> list[str]:
         return []
     if not all(isinstance(v, str) and v.strip() for v in value):
         errors.append(f"Every entry of {what} must be a non-empty string.")
+        return []
+    if not all(_unicode(v) for v in value):
+        errors.append(NOT_UNICODE)
         return []
     return sorted(set(value))
 
@@ -67,6 +83,8 @@ def _url(value: object) -> list[str]:
         return ["Must be a string or null."]
     if len(value) > MAX_URL:
         return [f"At most {MAX_URL} characters."]
+    if not _unicode(value):
+        return [NOT_UNICODE]
     if any(c.isspace() or ord(c) < 32 for c in value):
         return ["Must not contain spaces or control characters."]
     if value.startswith("/"):
@@ -121,6 +139,8 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
         errors["title"] = ["This field is required (1 to 200 characters)."]
     elif len(title) > MAX_TITLE:
         errors["title"] = [f"At most {MAX_TITLE} characters."]
+    elif not _unicode(title):
+        errors["title"] = [NOT_UNICODE]
     else:
         draft.title = title
 
@@ -131,6 +151,8 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
         errors["body"] = ["Must be a string."]
     elif len(body) > MAX_BODY:
         errors["body"] = [f"At most {MAX_BODY} characters."]
+    elif not _unicode(body):
+        errors["body"] = [NOT_UNICODE]
     else:
         draft.body = body
 
@@ -156,11 +178,12 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
                 wire = json.dumps(
                     data, allow_nan=False, ensure_ascii=False, separators=(",", ":")
                 )
-                size = len(wire.encode())
             except (TypeError, ValueError):
                 errors["data"] = ["Must contain only JSON values (no NaN or Infinity)."]
             else:
-                if size > MAX_DATA:
+                if not _unicode(wire):
+                    errors["data"] = [NOT_UNICODE]
+                elif len(wire.encode()) > MAX_DATA:
                     errors["data"] = [f"At most {MAX_DATA} bytes as JSON."]
                 else:
                     draft.data = data

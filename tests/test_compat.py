@@ -16,6 +16,8 @@ from notify.compat import audience_for, send_event
 from notify.exceptions import ValidationError
 from notify.history import load_viewer
 from notify.models import Notification
+from notify.publish import publish
+from notify.validation import NOT_UNICODE
 
 
 def _make_users() -> dict[str, User]:
@@ -194,3 +196,23 @@ async def test_sent_event_reaches_only_the_addressed_users_streams(live_users):
     finally:
         forget_broker()
         await broker.aclose()
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"title": "a\ud800b"}, "title"),
+        ({"title": "ok", "body": "\udfff"}, "body"),
+        ({"title": "ok", "url": "/a\ud800"}, "url"),
+        ({"title": "ok", "data": {"k": "\ud800"}}, "data"),
+        ({"title": "ok", "data": {"\ud800": 1}}, "data"),
+        ({"title": "ok", "audience": {"users": ["al\ud800ice"]}}, "audience"),
+    ],
+)
+def test_text_no_database_can_store_is_a_validation_error(users, fields, field):
+    """Lone surrogates come from JSON escapes or from Python callers; they are
+    refused by field, before the database sees them."""
+    with pytest.raises(ValidationError) as caught:
+        publish(**{"audience": "all", **fields})
+    assert caught.value.errors == {field: [NOT_UNICODE]}
+    assert not Notification.objects.exists()
