@@ -14,8 +14,8 @@ are open.
 Stock Django also runs each request in two extra tasks (the view and its
 response, and a listener for ``http.disconnect``) raced with ``asyncio.wait``,
 and wraps every streamed part in a chunking generator and a new message. Held
-for hours by thousands of open streams, that is about a third of a stream's
-memory and of the CPU of a broadcast (docs/PERFORMANCE.md). Here the request
+for hours by thousands of open streams, that is about a sixth of a stream's
+memory and a third of the CPU of a broadcast (docs/PERFORMANCE.md). Here the request
 runs in the connection's own task, the same middleware, view and response as
 ever, watched by one small task that cancels it when the client leaves; a
 streamed part is sent as it is unless it is larger than ``chunk_size``.
