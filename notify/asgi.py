@@ -122,7 +122,6 @@ class ThreadPoolASGIHandler(ASGIHandler):
             # it on purpose (a stream too far behind, a server shutting down):
             # either way this response is over, and so is the request.
             if not watcher.fired and response is None:
-                watcher.stop()
                 body_file.close()
                 raise
             task.uncancel()

@@ -84,9 +84,6 @@ class Subscription:
         self._items: list[Message] = []
         self._waiter: asyncio.Future[None] | None = None
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def full(self) -> bool:
         return len(self._items) >= self.maxsize
 
@@ -115,15 +112,11 @@ class Subscription:
                 waiter.set_result(None)
         return waiter
 
-    async def take(self, limit: int) -> Sequence[Message]:
-        """Wait until something is queued, then :meth:`drain` it."""
-        while not (batch := self.drain(limit)):
-            await self.wait()
-        return batch
-
     async def get(self) -> Message:
         """Wait for the next message."""
-        return (await self.take(1))[0]
+        while not (batch := self.drain(1)):
+            await self.wait()
+        return batch[0]
 
     def get_nowait(self) -> Message | None:
         """The next message if one is queued, else None."""
