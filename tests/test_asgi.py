@@ -9,39 +9,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from asgiref import testing
 from django.http import StreamingHttpResponse
 
 from notify.broker import get_broker
 from notify.models import Notification
 from project.asgi import application
+from tests.support.asgi import ApplicationCommunicator, http_scope
 
 WAIT = 10.0
-ApplicationCommunicator: Any = testing.ApplicationCommunicator
 
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing", "close_broker")
-
-
-def _scope(
-    method: str, path: str, token: str, query: bytes = b"", **headers: str
-) -> dict[str, Any]:
-    sent = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode())]
-    sent += [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": sent,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
 
 
 async def _response(communicator: Any) -> tuple[int, bytes]:
@@ -57,7 +35,7 @@ async def _response(communicator: Any) -> tuple[int, bytes]:
 
 async def _publish(token: str, payload: bytes, part: int) -> tuple[int, bytes]:
     """POST ``payload`` to the publish API in messages of ``part`` bytes."""
-    scope = _scope(
+    scope = http_scope(
         "POST",
         "/api/notifications",
         token,
@@ -85,7 +63,7 @@ async def test_a_body_sent_in_several_messages_is_read_whole(tokens):
 
 
 async def test_a_client_leaving_during_a_long_poll_ends_the_view(tokens):
-    scope = _scope("GET", "/events/poll", tokens["bob"], query=b"timeout=50")
+    scope = http_scope("GET", "/events/poll", tokens["bob"], query=b"timeout=50")
     communicator = ApplicationCommunicator(application, scope)
     await communicator.send_input({"type": "http.request", "body": b""})
     assert await communicator.receive_nothing(timeout=0.5)  # the poll waits
@@ -99,7 +77,7 @@ async def test_cancelling_an_open_stream_ends_it_quietly(tokens):
     """A server shutting down cancels each connection's task: the stream lets
     go of its subscription and the handler returns without an error."""
     communicator = ApplicationCommunicator(
-        application, _scope("GET", "/events/", tokens["bob"])
+        application, http_scope("GET", "/events/", tokens["bob"])
     )
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(timeout=WAIT)

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgiref import testing
 from django.contrib.auth.models import User
 
 from notify import metrics, sse, wire
@@ -28,13 +27,11 @@ from notify.inbox import amark_read
 from notify.models import Notification
 from notify.publish import apublish
 from project.asgi import application
+from tests.support.asgi import ApplicationCommunicator, http_scope
 from tests.support.servers import auth
 from tests.support.sse import Event, events
 
 WAIT = 10.0
-
-# asgiref.testing has no annotations.
-ApplicationCommunicator: Any = testing.ApplicationCommunicator
 
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing", "close_broker")
@@ -73,31 +70,11 @@ class Stream:
             self._buffer += await self.chunk()
 
 
-def _scope(token: str, path: str = "/events/", query: bytes = b"") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"accept", b"text/event-stream"),
-            (b"authorization", f"Bearer {token}".encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
-
-
 @contextlib.asynccontextmanager
 async def open_stream(token: str) -> AsyncIterator[Stream]:
     """Start a stream; on exit disconnect and wait for the application."""
-    communicator = ApplicationCommunicator(application, _scope(token))
+    scope = http_scope("GET", "/events/", token, accept="text/event-stream")
+    communicator = ApplicationCommunicator(application, scope)
     await communicator.send_input({"type": "http.request", "body": b""})
     stream = Stream(communicator)
     try:
