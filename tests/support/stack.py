@@ -52,6 +52,10 @@ BUFFERING_SERVER = """
 """
 
 
+# Open streams the rendered nginx accepts (and each worker may hold).
+STREAM_CAP = 1000
+
+
 class QuickPBKDF2PasswordHasher(PBKDF2PasswordHasher):
     """The servers' algorithm (hashes carry their round count, so the servers
     verify these), with few rounds: test users are made in milliseconds."""
@@ -68,15 +72,24 @@ def render(
     run_dir: Path,
     extra_servers: str = "",
 ) -> str:
-    """Fill in the ``{{ name }}`` slots of nginx.conf."""
-    servers = " ".join(
-        f"server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in upstreams
+    """Fill in the ``{{ name }}`` slots of nginx.conf, sized for the tests' few
+    streams (``scripts/stack`` derives these numbers from its target)."""
+    ports = list(upstreams)
+    servers = " ".join(f"server 127.0.0.1:{port} max_fails=0;" for port in ports)
+    stream_servers = " ".join(
+        f"server 127.0.0.1:{port} max_fails=0 max_conns={STREAM_CAP};" for port in ports
     )
     values = {
         "user": getpass.getuser(),
         "run_dir": str(run_dir),
         "listen": listen,
+        "listen_backlog": "511",
+        "worker_processes": "1",
+        "worker_connections": "4096",
+        "worker_rlimit_nofile": "8192",
+        "stream_cap": str(STREAM_CAP),
         "upstream_servers": servers,
+        "stream_servers": stream_servers,
         "static_root": str(static_root).rstrip("/"),
         "extra_servers": extra_servers,
     }
