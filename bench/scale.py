@@ -18,6 +18,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,10 +115,12 @@ async def _run(args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> 
         if args.storms:
             for kind in ("kill", "rolling"):
                 _log(f"storm: {kind}")
-                out["storms"][kind] = await storm(
-                    kind, stack, fleet, publisher, top, settings
-                )
-                _log(scale_report.storm_line(out["storms"][kind]))
+                try:
+                    found = await storm(kind, stack, fleet, publisher, top, settings)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    found = {"kind": kind, "error": f"{type(exc).__name__}: {exc}"}
+                out["storms"][kind] = found
+                _log(scale_report.storm_line(found))
     finally:
         if fleet is not None:
             await fleet.stop()
@@ -137,7 +140,7 @@ async def _main(args: argparse.Namespace, out: dict[str, Any]) -> None:
         except TimeoutError:
             out["error"] = f"stopped after --max-seconds {args.max_seconds:g}"
         except Exception as exc:  # record it, then the finally blocks clean up
-            out["error"] = repr(exc)
+            out["error"] = f"{type(exc).__name__}: {exc}"
         if "error" in out:
             _log(out["error"])
 

@@ -44,7 +44,15 @@ def broadcast_line(b: R) -> str:
     )
 
 
+def short(error: str) -> str:
+    """The first line of an error, for the table (the raw data has it all)."""
+    first = error.splitlines()[0] if error else ""
+    return first[:200]
+
+
 def storm_line(s: R) -> str:
+    if "error" in s:
+        return f"{s['kind']}: FAILED {short(s['error'])}"
     return (
         f"{s['kind']}: all streaming again after {s.get('recovery_seconds')} s, "
         f"{s['reconnects']} reconnects (p99 {s['reconnect_p99_ms']} ms), missing "
@@ -149,7 +157,14 @@ def _step_rows(steps: list[R]) -> list[str]:
 
 
 def _storm_rows(storms: R) -> list[str]:
-    kinds = [k for k in ("kill", "rolling") if k in storms]
+    failed = [
+        f"Storm `{k}` failed: {short(v['error'])}"
+        for k, v in storms.items()
+        if "error" in v
+    ]
+    kinds = [k for k in ("kill", "rolling") if k in storms and "error" not in storms[k]]
+    if failed:
+        return ["", *failed, *_storm_rows({k: storms[k] for k in kinds})]
     if not kinds:
         return []
     s = [storms[k] for k in kinds]
@@ -221,7 +236,7 @@ def render(out: R, raw: Path) -> str:
         "",
     ]
     if "error" in out:
-        lines += [f"**The run failed:** {out['error']}", ""]
+        lines += [f"**The run failed:** {short(out['error'])}", ""]
     steps = out["steps"]
     if steps:
         lines += [

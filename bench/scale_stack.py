@@ -105,7 +105,10 @@ class Stack:
             )
         if done.returncode != 0:
             tail = (self.workdir / "stack.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"scripts/stack {command} failed:\n{tail}")
+            last = ([line for line in tail.splitlines() if line.strip()] or [""])[-1]
+            raise RuntimeError(
+                f"scripts/stack {command} exited with {done.returncode}: {last}\n{tail}"
+            )
 
     async def arun(self, command: str, within: float = 240) -> None:
         await asyncio.to_thread(self.run, command, within)
