@@ -383,16 +383,26 @@ static void sse_line(int i, int64_t t) {
     }
 }
 
-static void sse_byte(int i, char c, int64_t t) {
+/* SSE bytes: keep the first LINE-1 bytes of each line, act on each LF
+ * (memchr finds it, so the long data lines cost one scan). */
+static void sse_bytes(int i, const char *p, size_t n, int64_t t) {
     stream_t *s = &streams[i];
-    if (c == '\r') return; /* the server ends lines with LF */
-    if (c == '\n') {
+    while (n) {
+        const char *nl = memchr(p, '\n', n);
+        size_t len = nl ? (size_t)(nl - p) : n;
+        size_t room = s->line_len < LINE - 1 ? LINE - 1 - s->line_len : 0;
+        size_t copy = len < room ? len : room;
+        memcpy(s->line + s->line_len, p, copy);
+        size_t total = s->line_len + len;
+        s->line_len = (uint16_t)(total < 0xffff ? total : 0xffff);
+        if (!nl) return;
+        /* the server ends lines with LF; drop a CR before it */
+        if (s->line_len && s->line_len <= LINE - 1 && s->line[s->line_len - 1] == '\r') s->line_len--;
         sse_line(i, t);
         s->line_len = 0;
-        return;
+        p = nl + 1;
+        n -= len + 1;
     }
-    if (s->line_len < LINE - 1) s->line[s->line_len] = c;
-    if (s->line_len < 0xffff) s->line_len++;
 }
 
 /* ---- HTTP head ---- */
@@ -432,7 +442,7 @@ static void head_done(int i) {
 static void body_bytes(int i, const char *p, size_t n, int64_t t) {
     stream_t *s = &streams[i];
     if (!s->chunked) {
-        for (size_t k = 0; k < n && s->state == BODY; k++) sse_byte(i, p[k], t);
+        sse_bytes(i, p, n, t);
         return;
     }
     for (size_t k = 0; k < n && s->state == BODY; k++) {
@@ -453,7 +463,7 @@ static void body_bytes(int i, const char *p, size_t n, int64_t t) {
             break;
         case C_DATA: {
             size_t take = n - k < s->chunk_left ? n - k : s->chunk_left;
-            for (size_t m = 0; m < take; m++) sse_byte(i, p[k + m], t);
+            sse_bytes(i, p + k, take, t);
             k += take - 1;
             s->chunk_left -= (uint32_t)take;
             if (!s->chunk_left) s->chunk = C_DATA_CR;
