@@ -198,6 +198,10 @@ def _storm_rows(storms: R) -> list[str]:
             ],
         ),
         row(
+            "Of which connect → `ready` p50 / p99 (ms)",
+            [f"{_f(x['ready_p50_ms'])} / {_f(x['ready_p99_ms'])}" for x in s],
+        ),
+        row(
             "Streams per worker at the end",
             [" / ".join(_f(v) for v in x["streams_per_worker"].values()) for x in s],
         ),

@@ -25,11 +25,17 @@ class Settings:
     restart_delay: float
 
 
-async def wait_ready(fleet: Fleet, streams: int, within: float) -> dict[str, Any]:
-    """Until ``streams`` are streaming and none is (re)connecting."""
-    deadline = time.monotonic() + within
+async def wait_ready(
+    fleet: Fleet, streams: int, within: float, timeline: list[list[float]] | None = None
+) -> dict[str, Any]:
+    """Until ``streams`` are streaming and none is (re)connecting; appends
+    [seconds, streaming] to ``timeline`` at each poll."""
+    started = deadline = time.monotonic()
+    deadline += within
     while True:
         stats = await fleet.stats()
+        if timeline is not None:
+            timeline.append([round(time.monotonic() - started, 2), stats["ready"]])
         settled = stats["waiting"] == 0 and stats["connecting"] == 0
         if stats["ready"] >= streams and settled:
             return stats

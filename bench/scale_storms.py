@@ -46,7 +46,10 @@ async def storm(
         await asyncio.sleep(s.interval + 0.5)
         began = time.time_ns()
         result |= await _disturb(kind, stack, s)
-        stats = await wait_ready(fleet, n, within=120 + n * 0.01)
+        timeline: list[list[float]] = []
+        stats = await wait_ready(fleet, n, within=120 + n * 0.01, timeline=timeline)
+        # streaming over time, from the end of the kill/restart command
+        result["timeline"] = timeline[:: max(1, len(timeline) // 60)]
         recovered = stats["last_ready_ns"] if stats["reconnects"] else began
         result["recovery_seconds"] = round(max(0, recovered - began) / 1e9, 2)
         result["recovered"] = not stats.get("timed_out", False)
@@ -69,6 +72,9 @@ async def storm(
             "reconnect_p50_ms": hist_quantile(stats["reconnect_ms"], 0.5),
             "reconnect_p99_ms": hist_quantile(stats["reconnect_ms"], 0.99),
             "reconnect_max_ms": hist_quantile(stats["reconnect_ms"], 1.0),
+            # connect() → ready of the attempts that succeeded: the server's share
+            "ready_p50_ms": hist_quantile(stats["ready_ms"], 0.5),
+            "ready_p99_ms": hist_quantile(stats["ready_ms"], 0.99),
             "loadgen_statuses": stats["status"],
             "connect_errors": stats["conn_errors"],
             "nginx_statuses": stack.statuses_since_mark(),
