@@ -116,7 +116,10 @@ async def _run(args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> 
             for kind in ("kill", "rolling"):
                 _log(f"storm: {kind}")
                 try:
-                    found = await storm(kind, stack, fleet, publisher, top, settings)
+                    prober = Prober(stack.port, viewers[0])
+                    found = await storm(
+                        kind, stack, fleet, publisher, prober, top, settings
+                    )
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     found = {"kind": kind, "error": f"{type(exc).__name__}: {exc}"}
                 out["storms"][kind] = found

@@ -220,6 +220,10 @@ def _storm_rows(storms: R) -> list[str]:
                 for x in s
             ],
         ),
+        row(
+            "Probe p99: healthz / inbox / page / static (ms)",
+            [" / ".join(_f(v["p99_ms"]) for v in x["probes"].values()) for x in s],
+        ),
         row("nginx 5xx (access log)", [_statuses(x["nginx_statuses"], 500) for x in s]),
         row(
             "Non-200 answers the clients saw",

@@ -11,7 +11,13 @@ import time
 from typing import Any
 
 from bench.loadgen import Fleet, hist_quantile
-from bench.scale_phases import Publisher, deliveries, summary_ms, wait_delivered
+from bench.scale_phases import (
+    Prober,
+    Publisher,
+    deliveries,
+    summary_ms,
+    wait_delivered,
+)
 from bench.scale_stack import Stack, established
 from bench.scale_steps import Settings, wait_ready
 
@@ -33,7 +39,13 @@ async def _disturb(kind: str, stack: Stack, s: Settings) -> dict[str, Any]:
 
 
 async def storm(
-    kind: str, stack: Stack, fleet: Fleet, publisher: Publisher, n: int, s: Settings
+    kind: str,
+    stack: Stack,
+    fleet: Fleet,
+    publisher: Publisher,
+    prober: Prober,
+    n: int,
+    s: Settings,
 ) -> dict[str, Any]:
     await wait_ready(fleet, n, within=60 + n * 0.01)
     await fleet.reset()
@@ -41,6 +53,7 @@ async def storm(
     stack.mark_log()
     stop = asyncio.Event()
     publishing = asyncio.create_task(publisher.every(s.interval, None, stop))
+    probing = asyncio.create_task(prober.run(stop))
     result: dict[str, Any] = {"kind": kind}
     try:
         await asyncio.sleep(s.interval + 0.5)
@@ -57,6 +70,7 @@ async def storm(
     finally:
         stop.set()
         await publishing
+        await probing
     sent, latencies, failures = publisher.take()
     complete = await wait_delivered(fleet, list(sent), n, s.deliver_timeout)
     stats = await fleet.stats()
@@ -79,6 +93,7 @@ async def storm(
             "connect_errors": stats["conn_errors"],
             "nginx_statuses": stack.statuses_since_mark(),
             "publish": summary_ms(latencies) | {"failures": failures},
+            "probes": prober.result(),
             "streams_per_worker": {
                 str(p): established(p) for p in sorted(stack.worker_pids())
             },
