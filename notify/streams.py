@@ -18,6 +18,7 @@ from notify import metrics, sse
 from notify.broker import Message, Subscription, get_broker
 from notify.conf import conf
 from notify.history import Viewer, areplay_batch, astream_start
+from notify.opening import Opening
 from notify.wire import WireNotification
 
 logger = logging.getLogger(__name__)
@@ -68,27 +69,33 @@ class _Heartbeat:
         self._timer.cancel()
 
 
-async def event_stream(viewer: Viewer, cursor: int | None) -> AsyncIterator[bytes]:
+async def event_stream(opening: Opening) -> AsyncIterator[bytes]:
     """The bytes of one event stream, from prelude to disconnect."""
     yield _prelude()
     broker = get_broker()
     heartbeat = conf.heartbeat_seconds
+    viewer = opening.viewer
     try:
         async with broker.subscribe(
             viewer.channels, owner=asyncio.current_task()
         ) as sub:
-            start = await astream_start(viewer.user_id, cursor)
+            # Read at the moment of subscribing (no await in between): every
+            # id above it reaches the subscription from now on.
+            dispatched = broker.fanout.last_id
             head = b""
-            if start.reset:
-                head = sse.event("reset", {"reason": "cursor-expired"})
-                cursor = 0
+            if opening.reset:
+                head = sse.event("reset", {"reason": opening.reset})
             beat = int(heartbeat) if heartbeat.is_integer() else heartbeat
-            ready = {"last_id": start.last_id, "heartbeat": beat}
+            ready = {"last_id": opening.last_id, "heartbeat": beat}
             yield head + sse.event("ready", ready)
 
-            last_sent = start.last_id if cursor is None else cursor
-            if cursor is not None:
-                async for chunk, replayed_through in _replay(viewer, cursor):
+            after = opening.newest if opening.cursor is None else opening.cursor
+            last_sent = after
+            # The database is read only when the client is behind, or when
+            # something was dispatched between the opening read and the
+            # subscription (it is in neither the read nor the queue).
+            if after < opening.newest or dispatched > opening.latest:
+                async for chunk, replayed_through in _replay(viewer, after):
                     last_sent = replayed_through
                     yield chunk
 

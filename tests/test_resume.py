@@ -242,7 +242,9 @@ async def test_ready_is_zero_when_the_user_sees_nothing(start_server, tokens):
         assert (await next_event(reader)).json()["last_id"] == 0
 
 
-async def test_a_cursor_beyond_the_newest_id_is_kept_in_ready(start_server, tokens):
+async def test_a_cursor_beyond_the_newest_id_is_reset_and_the_stream_goes_on(
+    start_server, tokens
+):
     server = start_server()
     async with httpx.AsyncClient(timeout=10) as client:
         newest = await publish(client, server.url, tokens["admin"])
@@ -250,9 +252,14 @@ async def test_a_cursor_beyond_the_newest_id_is_kept_in_ready(start_server, toke
         async with stream(
             client, server.url, tokens["alice"], params={"last_event_id": str(cursor)}
         ) as reader:
+            reset = await next_event(reader)
             ready = await next_event(reader)
+            later = await publish(client, server.url, tokens["admin"])
+            live = await next_event(reader)
+    assert (reset.event, reset.json()) == ("reset", {"reason": "cursor-ahead"})
     assert ready.event == "ready"
-    assert ready.json()["last_id"] == cursor
+    assert ready.json()["last_id"] == newest["id"]
+    assert (live.event, live.id) == ("notification", str(later["id"]))
 
 
 # Retention

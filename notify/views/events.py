@@ -10,6 +10,7 @@ from django.http.response import ResponseHeaders
 from django.views.decorators.csrf import csrf_exempt
 
 from notify.history import aload_viewer
+from notify.opening import aopen_stream
 from notify.permissions import Caller
 from notify.streams import event_stream, poll
 from notify.views.http import (
@@ -19,6 +20,7 @@ from notify.views.http import (
     int_param,
     json_response,
     methods,
+    unauthenticated,
 )
 
 CURSOR_PARAMS = ("last_event_id", "lastEventId")
@@ -69,16 +71,18 @@ def _cursor(request: HttpRequest, errors: dict[str, list[str]]) -> int | None:
 
 @csrf_exempt
 @methods("GET")
-@authenticated
-async def stream(request: HttpRequest, caller: Caller) -> HttpResponseBase:
+async def stream(request: HttpRequest) -> HttpResponseBase:
     errors: dict[str, list[str]] = {}
     cursor = _cursor(request, errors)
+    # Authentication, groups and the starting point, in one thread hop: the
+    # body then runs on the event loop alone, with no database work unless the
+    # client is behind.
+    identity, opening = await aopen_stream(request, cursor)
+    if opening is None:
+        return unauthenticated(bad_token=identity.bad_token)
     if errors:
         return field_errors(errors)
-    # All sync work (session, user, groups) is done before the first byte;
-    # the body then runs on the event loop alone.
-    viewer = await aload_viewer(caller.user)
-    return EventStreamResponse(event_stream(viewer, cursor), request)
+    return EventStreamResponse(event_stream(opening), request)
 
 
 @csrf_exempt

@@ -35,8 +35,8 @@ def field_errors(errors: dict[str, list[str]], status: int = 400) -> JsonRespons
     return json_response({"errors": errors}, status=status)
 
 
-def unauthenticated(caller: Caller) -> JsonResponse:
-    message = "invalid API token" if caller.bad_token else "authentication required"
+def unauthenticated(*, bad_token: bool) -> JsonResponse:
+    message = "invalid API token" if bad_token else "authentication required"
     return error(401, message, WWW_Authenticate='Bearer realm="notify"')
 
 
@@ -71,7 +71,7 @@ def authenticated(view: View) -> View:
     ) -> HttpResponseBase:
         caller = await acaller(request)
         if not caller.authenticated:
-            return unauthenticated(caller)
+            return unauthenticated(bad_token=caller.bad_token)
         return await view(request, caller, *args, **kwargs)
 
     return wrapper

@@ -61,7 +61,7 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
     if not (token and secrets.compare_digest(presented, token)):
         caller = await acaller(request)
         if not caller.authenticated:
-            return unauthenticated(caller)
+            return unauthenticated(bad_token=caller.bad_token)
         if not is_staff(caller):
             return error(403, "metrics are for staff")
     return HttpResponse(

@@ -1,0 +1,154 @@
+"""Who is connecting: a bearer token or the session, in synchronous code.
+
+:func:`identify` answers the question every new stream asks, with queries
+compiled once per process (:mod:`notify.prepared`) instead of the ORM calls
+Django's authentication makes, which cost about a millisecond each to build.
+
+The session path mirrors ``django.contrib.auth.get_user`` for the common case
+only: the database session engine, ``ModelBackend`` (or a subclass that keeps
+its ``get_user``), an integer primary key, and a session hash that verifies
+with the current ``SECRET_KEY``. Anything else (another engine or backend, a
+hash that needs a fallback key and so a session rewrite, an invalid hash that
+Django answers by flushing the session) is handed to Django's own
+``get_user``, so the outcome is always Django's. ``tests/test_canary.py``
+fails when the Django code mirrored here changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import import_module
+from typing import Any
+
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+
+from notify.models import APIToken
+from notify.prepared import Prepared
+from notify.tokens import hash_token
+
+DB_SESSIONS = "django.contrib.sessions.backends.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """``user_id`` is 0 when nobody is authenticated."""
+
+    user_id: int
+    by_token: bool = False
+    bad_token: bool = False
+
+
+_TOKEN_USER = Prepared(
+    lambda key_hash: APIToken.objects.filter(
+        key_hash=key_hash, user__is_active=True
+    ).values_list("user_id"),
+    [str],
+)
+
+
+def identify(request: HttpRequest) -> Identity:
+    """Bearer token first; otherwise the session. An invalid token never
+    falls back to the session (the same rule as ``permissions.acaller``)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() == "bearer":
+        secret = secret.strip()
+        user_id = _TOKEN_USER.value(hash_token(secret), default=0) if secret else 0
+        return Identity(int(user_id), by_token=True, bad_token=not user_id)
+    fast = _session_user_id(request)
+    if fast is not None:
+        return Identity(fast)
+    user = auth.get_user(request)
+    authenticated = user.is_authenticated and getattr(user, "is_active", True)
+    return Identity(int(user.pk or 0) if authenticated else 0)
+
+
+@cache
+def _session_query() -> Prepared:
+    model = _session_store().get_model_class()  # type: ignore[attr-defined]
+    return Prepared(
+        lambda key, now: model.objects.filter(
+            session_key=key, expire_date__gt=now
+        ).values_list("session_data"),
+        [str, datetime],
+    )
+
+
+@cache
+def _user_query() -> Prepared:
+    user_model = auth.get_user_model()
+    return Prepared(
+        lambda pk: user_model._default_manager.filter(pk=pk).values_list(
+            "password", "is_active"
+        ),
+        [int],
+    )
+
+
+def _session_store() -> type[SessionBase]:
+    store: type[SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
+    return store
+
+
+def _fast_path_applies() -> bool:
+    user_model: Any = auth.get_user_model()
+    fields = {f.name for f in user_model._meta.concrete_fields}
+    return (
+        settings.SESSION_ENGINE == DB_SESSIONS
+        and isinstance(user_model._meta.pk, models.AutoField | models.IntegerField)
+        and {"password", "is_active"} <= fields
+        and user_model.get_session_auth_hash is AbstractBaseUser.get_session_auth_hash
+    )
+
+
+def _session_user_id(request: HttpRequest) -> int | None:
+    """The session's user id, 0 for nobody, or None: ask Django."""
+    if not _fast_path_applies():
+        return None
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if not key:
+        return 0
+    data = _session_query().value(key, timezone.now())
+    if data is None:
+        return 0  # no such session, or expired: Django's load() finds {}
+    session = _session_store()().decode(data)
+    user_key = session.get(auth.SESSION_KEY)
+    backend_path = session.get(auth.BACKEND_SESSION_KEY)
+    if user_key is None or backend_path is None:
+        return 0
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return 0
+    backend = auth.load_backend(backend_path)
+    if not isinstance(backend, ModelBackend) or (
+        type(backend).get_user is not ModelBackend.get_user
+    ):
+        return None
+    user_model: Any = auth.get_user_model()
+    try:
+        pk = int(user_model._meta.pk.to_python(user_key))
+    except (TypeError, ValueError, ValidationError):
+        return None
+    row = _user_query().rows(pk)
+    if not row:
+        return 0  # the user is gone: Django's get_user finds None
+    password, is_active = row[0]
+    user = user_model(pk=pk, password=password, is_active=bool(is_active))
+    if not backend.user_can_authenticate(user):
+        return 0
+    session_hash = session.get(auth.HASH_SESSION_KEY)
+    if session_hash and constant_time_compare(
+        session_hash, user.get_session_auth_hash()
+    ):
+        return pk
+    return None  # Django decides: a fallback key (and a new session key) or a flush
