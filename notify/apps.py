@@ -11,5 +11,7 @@ class NotifyConfig(AppConfig):
 
         from notify import checks  # noqa: F401 - registers the system checks
         from notify.broker import reset_brokers
+        from notify.conf import conf
 
+        setting_changed.connect(conf.clear, dispatch_uid="notify.conf.clear")
         setting_changed.connect(reset_brokers, dispatch_uid="notify.reset_brokers")

@@ -104,10 +104,26 @@ PARSERS: dict[str, Any] = {
 
 
 class Conf:
+    """Parsed values are kept until a setting changes (``setting_changed``,
+    which ``override_settings`` sends): the stream path reads several of them
+    per connection."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
     def _get(self, name: str) -> Any:
+        try:
+            return self._cache[name]
+        except KeyError:
+            pass
         value = getattr(settings, name, DEFAULTS[name])
         parser = PARSERS.get(name)
-        return parser(value) if parser else value
+        parsed = parser(value) if parser else value
+        self._cache[name] = parsed
+        return parsed
+
+    def clear(self, **_: object) -> None:
+        self._cache.clear()
 
     @property
     def heartbeat_seconds(self) -> float:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from django.core import signals
 from django.http import StreamingHttpResponse
 
 from notify.broker import get_broker
@@ -128,3 +130,52 @@ async def test_a_body_over_the_memory_limit_is_spooled_and_still_answered(
     # Read whole from the spooled file, then judged on its content.
     assert status == 400, body
     assert "title" in json.loads(body)["errors"]
+
+
+@pytest.mark.parametrize("path", ["/events/", "/api/notifications"])
+async def test_request_started_receivers_run_first_on_the_requests_thread(tokens, path):
+    """Sync receivers of ``request_started`` run once per request, on the
+    request's worker thread, by the time the response starts."""
+    seen: list[str] = []
+
+    def receiver(**kwargs: Any) -> None:
+        seen.append(threading.current_thread().name)
+
+    signals.request_started.connect(receiver, dispatch_uid="test-started")
+    try:
+        communicator = ApplicationCommunicator(
+            application, http_scope("GET", path, tokens["bob"])
+        )
+        await communicator.send_input({"type": "http.request", "body": b""})
+        start = await communicator.receive_output(timeout=WAIT)
+        assert start["status"] == 200
+        assert len(seen) == 1
+        assert seen[0].startswith("notify-sync-")
+        communicator.future.cancel()
+        await communicator.wait(timeout=WAIT)
+    finally:
+        signals.request_started.disconnect(dispatch_uid="test-started")
+    assert len(seen) == 1
+
+
+@pytest.mark.django_db
+async def test_request_started_receivers_run_for_a_request_without_sync_work():
+    """A view that never leaves the event loop: the deferred receivers still
+    run, when the response is closed."""
+    seen: list[str] = []
+
+    def receiver(**kwargs: Any) -> None:
+        seen.append(threading.current_thread().name)
+
+    signals.request_started.connect(receiver, dispatch_uid="test-started")
+    try:
+        communicator = ApplicationCommunicator(
+            application, http_scope("GET", "/no-such-page/", "none")
+        )
+        await communicator.send_input({"type": "http.request", "body": b""})
+        status, _ = await _response(communicator)
+        await communicator.wait(timeout=WAIT)
+    finally:
+        signals.request_started.disconnect(dispatch_uid="test-started")
+    assert status == 404
+    assert len(seen) == 1 and seen[0].startswith("notify-sync-")

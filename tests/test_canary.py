@@ -1,0 +1,111 @@
+"""Canaries on the Django code that notify mirrors or depends on in detail.
+
+``notify/asgi.py``, ``notify/middleware.py`` and ``notify/credentials.py`` each
+reproduce a piece of Django's behaviour more cheaply (docs/ARCHITECTURE.md
+says what each saves). If the installed Django's version of that piece
+changes, the copy may silently diverge, so each one's source is fingerprinted
+here. A failure means: read the new Django source, bring the notify module in
+line with it, then record the new fingerprint for that Django version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any
+
+import django
+import pytest
+from django.utils.module_loading import import_string
+
+# What each fingerprinted object is mirrored by.
+MIRRORED_BY = {
+    "django.core.handlers.asgi.ASGIHandler.__call__": "notify/asgi.py",
+    "django.core.handlers.asgi.ASGIHandler.handle": "notify/asgi.py",
+    "django.core.handlers.asgi.ASGIHandler.read_body": "notify/asgi.py",
+    "django.core.handlers.asgi.ASGIHandler.send_response": "notify/asgi.py",
+    "django.dispatch.dispatcher.Signal.asend": "notify/asgi.py",
+    "django.utils.deprecation.MiddlewareMixin.__acall__": "notify/middleware.py",
+    "django.contrib.sessions.middleware.SessionMiddleware.process_response": (
+        "notify/middleware.py"
+    ),
+    "django.contrib.messages.middleware.MessageMiddleware.process_response": (
+        "notify/middleware.py"
+    ),
+    "django.middleware.csrf.CsrfViewMiddleware.process_request": (
+        "notify/middleware.py"
+    ),
+    "django.middleware.csrf.CsrfViewMiddleware.process_view": "notify/middleware.py",
+    "django.middleware.csrf.CsrfViewMiddleware.process_response": (
+        "notify/middleware.py"
+    ),
+    "django.contrib.auth.middleware.AuthenticationMiddleware.process_request": (
+        "notify/middleware.py"
+    ),
+    "django.contrib.auth.get_user": "notify/credentials.py",
+    "django.contrib.auth._get_user_session_key": "notify/credentials.py",
+    "django.contrib.sessions.backends.db.SessionStore._get_session_from_db": (
+        "notify/credentials.py"
+    ),
+    "django.contrib.sessions.backends.db.SessionStore.load": "notify/credentials.py",
+    "django.contrib.auth.backends.ModelBackend.get_user": "notify/credentials.py",
+    "django.contrib.auth.backends.ModelBackend.user_can_authenticate": (
+        "notify/credentials.py"
+    ),
+    "django.contrib.auth.base_user.AbstractBaseUser.get_session_auth_hash": (
+        "notify/credentials.py"
+    ),
+}
+
+# Fingerprints per Django feature release, as reviewed.
+FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
+    (5, 2): {
+        "django.contrib.auth._get_user_session_key": "2464912aca557b09",
+        "django.contrib.auth.backends.ModelBackend.get_user": "ab2f0fe767938110",
+        "django.contrib.auth.backends.ModelBackend.user_can_authenticate": "5b8b04b353c75ae1",
+        "django.contrib.auth.base_user.AbstractBaseUser.get_session_auth_hash": "de2fe0aa429dbaef",
+        "django.contrib.auth.get_user": "08a852f701f765bc",
+        "django.contrib.auth.middleware.AuthenticationMiddleware.process_request": "6dd39b90ad6373e2",
+        "django.contrib.messages.middleware.MessageMiddleware.process_response": "04469c9493c90e26",
+        "django.contrib.sessions.backends.db.SessionStore._get_session_from_db": "775c8d22becd60bd",
+        "django.contrib.sessions.backends.db.SessionStore.load": "89d644d66ff7dc2d",
+        "django.contrib.sessions.middleware.SessionMiddleware.process_response": "fbaf5503c20d7dd0",
+        "django.core.handlers.asgi.ASGIHandler.__call__": "f756809e9c9308dc",
+        "django.core.handlers.asgi.ASGIHandler.handle": "98faeb5bef800331",
+        "django.core.handlers.asgi.ASGIHandler.read_body": "cf4aa904631d5410",
+        "django.core.handlers.asgi.ASGIHandler.send_response": "77eda2b08689b44e",
+        "django.dispatch.dispatcher.Signal.asend": "b27a0e4474a61569",
+        "django.middleware.csrf.CsrfViewMiddleware.process_request": "9aec8dfd81c88a56",
+        "django.middleware.csrf.CsrfViewMiddleware.process_response": "9fe1054c0f64b37f",
+        "django.middleware.csrf.CsrfViewMiddleware.process_view": "cdbdabe04318fc2f",
+        "django.utils.deprecation.MiddlewareMixin.__acall__": "adf8cbcaf9f11e45",
+    },
+}
+
+
+def _resolve(path: str) -> Any:
+    module_path, _, attribute = path.rpartition(".")
+    try:
+        return getattr(import_string(module_path), attribute)
+    except ImportError:
+        owner_module, _, owner = module_path.rpartition(".")
+        return getattr(getattr(import_string(owner_module), owner), attribute)
+
+
+def fingerprint(path: str) -> str:
+    source = inspect.getsource(_resolve(path))
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("path", sorted(MIRRORED_BY))
+def test_the_mirrored_django_code_is_unchanged(path):
+    release = django.VERSION[:2]
+    known = FINGERPRINTS.get(release)
+    assert known is not None, (
+        f"Django {django.__version__} has not been reviewed: compare "
+        f"{MIRRORED_BY[path]} with it, then add its fingerprints here"
+    )
+    assert fingerprint(path) == known.get(path), (
+        f"{path} changed in Django {django.__version__}: review "
+        f"{MIRRORED_BY[path]} against it, then record {fingerprint(path)!r}"
+    )
