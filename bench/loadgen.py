@@ -22,6 +22,9 @@ from bench import servers
 SOURCE = servers.ROOT / "bench" / "loadgen.c"
 BUILD = servers.ROOT / "bench" / "build"
 PER_PROCESS = 12_500
+# An `arrivals` answer is one line: up to a few hundred histogram buckets for
+# each of up to 4,096 ids.
+ANSWER_LIMIT = 64 * 1024 * 1024
 
 
 def build() -> Path:
@@ -91,6 +94,7 @@ class Fleet:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 preexec_fn=servers._child_setup,
+                limit=ANSWER_LIMIT,
             )
             generators.append(Generator(proc, len(mine)))
         return cls(generators)
