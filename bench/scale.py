@@ -40,7 +40,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
     p.add_argument("--steps", default="10000,25000,50000", help="stream counts")
     p.add_argument(
-        "--workers", type=int, help="uvicorn workers (default: 1 per 15,000)"
+        "--workers", type=int, help="uvicorn workers (default: the stack's sizing)"
     )
     p.add_argument("--broadcasts", type=int, default=6, help="per step")
     p.add_argument("--interval", type=float, default=5.0, help="s between broadcasts")
@@ -61,7 +61,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.counts = sorted({int(n) for n in args.steps.split(",") if n.strip()})
     if not args.counts or args.counts[0] < 10:
         p.error("--steps must be at least 10")
-    args.workers = args.workers or max(2, math.ceil(args.counts[-1] / 15000))
     return args
 
 
@@ -83,9 +82,10 @@ async def _run(args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> 
     viewers, publisher_token = await asyncio.to_thread(stack.seed, top)
     fleet: Fleet | None = None
     try:
-        _log(f"scripts/stack start: {args.workers} workers, nginx on {stack.port}")
+        _log(f"scripts/stack start, nginx on {stack.port}")
         await stack.arun("start")
         out["ports"] = {"nginx": stack.port, "workers": stack.worker_ports}
+        _log(f"{len(stack.worker_ports)} workers on {stack.worker_ports}")
         fleet = await Fleet.start(
             stack.port,
             viewers,

@@ -238,7 +238,8 @@ def render(out: R, raw: Path) -> str:
     lines = [
         f"Run of {m['date']} ({m.get('duration_s', '?')} s): {m['nproc']} CPUs ({m['cpu']}), "
         f"Python {m['python']}, uvicorn {m['versions']['uvicorn']}, "
-        f"{st['workers']} workers, broadcasts {st['interval']:g} s apart. "
+        f"{len(out.get('ports', {}).get('workers', []))} workers, "
+        f"broadcasts {st['interval']:g} s apart. "
         f"Load average before/after: {m['load_before'][0]:.2f} / {m.get('load_after', [0])[0]:.2f}. "
         f"Raw data: `{raw}`.",
         "",

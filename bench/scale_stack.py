@@ -47,16 +47,22 @@ def free_ports(count: int) -> list[int]:
     raise RuntimeError("no free ports")
 
 
+MAX_WORKERS = 16  # ports kept free for the stack's own choice of workers
+
+
 @dataclass
 class Stack:
+    """``workers`` None: as many as ``scripts/stack`` sizes for ``streams``."""
+
     workdir: Path
-    workers: int
+    workers: int | None
     streams: int
     ports: list[int] = field(default_factory=list)
     log_offset: int = 0
 
     def __post_init__(self) -> None:
-        self.ports = free_ports(self.workers + 2)  # nginx, redis, workers
+        # nginx, redis, then the workers' consecutive ports
+        self.ports = free_ports((self.workers or MAX_WORKERS) + 2)
         self.dir = self.workdir / "stack"
         self.db_path = self.workdir / "scale.sqlite3"
 
@@ -66,7 +72,9 @@ class Stack:
 
     @property
     def worker_ports(self) -> list[int]:
-        return self.ports[2:]
+        """The ports the stack started workers on (from its pid files)."""
+        found = {int(f.stem.split("-", 1)[1]) for f in self.dir.glob("uvicorn-*.pid")}
+        return [p for p in self.ports[2:] if p in found]
 
     def env(self) -> dict[str, str]:
         env = {
@@ -74,6 +82,8 @@ class Stack:
             for k, v in os.environ.items()
             if not k.startswith(("NOTIFY_", "REDIS_URL", "DATABASE_URL", "DJANGO_"))
         }
+        if self.workers is not None:
+            env["NOTIFY_STACK_WORKERS"] = str(self.workers)
         return env | {
             "PYTHONUNBUFFERED": "1",
             "DJANGO_SETTINGS_MODULE": "project.settings",
@@ -84,8 +94,7 @@ class Stack:
             "NOTIFY_STACK_DIR": str(self.dir),
             "NOTIFY_STACK_PORT": str(self.port),
             "NOTIFY_STACK_REDIS_PORT": str(self.ports[1]),
-            "NOTIFY_STACK_WORKER_PORT": str(self.worker_ports[0]),
-            "NOTIFY_STACK_WORKERS": str(self.workers),
+            "NOTIFY_STACK_WORKER_PORT": str(self.ports[2]),
             "NOTIFY_STACK_STREAMS": str(self.streams),
         }
 
