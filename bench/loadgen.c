@@ -56,7 +56,7 @@ enum chunk { C_SIZE, C_EXT, C_DATA, C_DATA_CR, C_DATA_LF, C_DONE };
 
 typedef struct {
     int fd;
-    uint8_t state, chunk, chunked, in_line_over, counted_connecting, ever_ready;
+    uint8_t state, chunk, chunked, counted_connecting, ever_ready;
     uint8_t live, have_ready_id, is_ready_event, head_line;
     uint16_t line_len, sent;
     int status, retry_after;
@@ -222,7 +222,6 @@ static void start_connect(int i) {
     s->state = CONNECTING;
     s->sent = 0;
     s->line_len = 0;
-    s->in_line_over = 0;
     s->head_line = 0;
     s->status = 0;
     s->retry_after = -1;
@@ -411,7 +410,8 @@ static int head_line(int i) {
     char *l = s->line;
     int n = s->line_len < LINE ? s->line_len : LINE - 1;
     l[n] = 0;
-    if (s->head_line++ == 0) {
+    if (s->head_line == 0) {
+        s->head_line = 1;
         s->status = (int)parse_int(strchr(l, ' ') ? strchr(l, ' ') : l);
         return 0;
     }
