@@ -199,7 +199,7 @@ def _storm_rows(storms: R) -> list[str]:
         ),
         row(
             "Of which connect → `ready` p50 / p99 (ms)",
-            [f"{_f(x['ready_p50_ms'])} / {_f(x['ready_p99_ms'])}" for x in s],
+            [f"{_f(x.get('ready_p50_ms'))} / {_f(x.get('ready_p99_ms'))}" for x in s],
         ),
         row(
             "Streams per worker at the end",
@@ -222,7 +222,10 @@ def _storm_rows(storms: R) -> list[str]:
         ),
         row(
             "Probe p99: healthz / inbox / page / static (ms)",
-            [" / ".join(_f(v["p99_ms"]) for v in x["probes"].values()) for x in s],
+            [
+                " / ".join(_f(v["p99_ms"]) for v in x.get("probes", {}).values()) or "—"
+                for x in s
+            ],
         ),
         row("nginx 5xx (access log)", [_statuses(x["nginx_statuses"], 500) for x in s]),
         row(
