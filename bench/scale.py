@@ -53,6 +53,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2,000 streams, smoke run")
     p.add_argument("--doc", action="store_true", help="rewrite docs' bench:scale block")
     p.add_argument("--max-seconds", type=float, default=3600)
+    p.add_argument(
+        "--render",
+        type=Path,
+        help="print (with --doc: publish) a saved result, run nothing",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.broadcasts, args.interval = "2000", 3, 2.0
@@ -152,8 +157,19 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _publish(out: dict[str, Any], path: Path, doc: bool) -> None:
+    raw = path.resolve().relative_to(servers.ROOT)
+    print(scale_report.render(out, raw))
+    if doc:
+        scale_report.update_doc(DOC, scale_report.render(out, raw))
+        _log(f"bench:scale block written to {DOC.relative_to(servers.ROOT)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.render:
+        _publish(json.loads(args.render.read_text()), args.render, args.doc)
+        return 0
     limit = servers.raise_fd_limit()
     per = -(-args.counts[-1] // math.ceil(args.counts[-1] / PER_PROCESS))
     if limit < per + 100:
@@ -167,23 +183,20 @@ def main(argv: list[str] | None = None) -> int:
         "steps": [],
         "storms": {},
     }
-    started = time.monotonic()
+    started, interrupted = time.monotonic(), False
     try:
         asyncio.run(_main(args, out))
     except KeyboardInterrupt:
         _log("interrupted; the stack has been stopped")
-        return 130
+        out["error"], interrupted = "interrupted", True
     out["machine"]["duration_s"] = round(time.monotonic() - started, 1)
     out["machine"]["load_after"] = list(os.getloadavg())
     path = RESULTS / f"scale-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(out, indent=2))
-    print(scale_report.render(out, path.relative_to(servers.ROOT)))
     _log(f"raw results: {path.relative_to(servers.ROOT)}")
-    if args.doc:
-        scale_report.update_doc(
-            DOC, scale_report.render(out, path.relative_to(servers.ROOT))
-        )
-        _log(f"bench:scale block written to {DOC.relative_to(servers.ROOT)}")
+    if interrupted:
+        return 130
+    _publish(out, path, args.doc)
     return 1 if "error" in out else 0
 
 
