@@ -238,13 +238,14 @@ def _storm_rows(storms: R) -> list[str]:
 def render(out: R, raw: Path) -> str:
     m = out["machine"]
     st = out["settings"]
+    quick = "`--quick`, " if st.get("quick") else ""
+    workers = len(out.get("ports", {}).get("workers", []))
     lines = [
-        f"Run of {m['date']} ({m.get('duration_s', '?')} s): {m['nproc']} CPUs ({m['cpu']}), "
-        f"Python {m['python']}, uvicorn {m['versions']['uvicorn']}, "
-        f"{len(out.get('ports', {}).get('workers', []))} workers, "
-        f"broadcasts {st['interval']:g} s apart. "
-        f"Load average before/after: {m['load_before'][0]:.2f} / {m.get('load_after', [0])[0]:.2f}. "
-        f"Raw data: `{raw}`.",
+        f"Run of {m['date']} ({m.get('duration_s', '?')} s): {m['nproc']} CPUs "
+        f"({m['cpu']}), Python {m['python']}, uvicorn {m['versions']['uvicorn']}, "
+        f"{quick}{workers} workers, broadcasts {st['interval']:g} s apart. "
+        f"Load average before/after: {m['load_before'][0]:.2f} / "
+        f"{m.get('load_after', [0])[0]:.2f}. Raw data: `{raw}`.",
         "",
     ]
     if "error" in out:
@@ -262,10 +263,11 @@ def render(out: R, raw: Path) -> str:
             f"{r['rate']:g}/s: p99 {_f(r['latency_p99_ms'])} ms, missing {r['missing']}"
             for r in rate["rungs"]
         )
+        capped = ", the top of a quick run's ladder," if st.get("quick") else ""
         lines += [
             "",
             f"Highest broadcast rate sustained at {steps[-1]['open']['streams']:,} "
-            f"streams: **{_f(rate['sustained_per_s'])}/s** ({rungs}).",
+            f"streams: **{_f(rate['sustained_per_s'])}/s**{capped} ({rungs}).",
         ]
     lines += _storm_rows(out.get("storms", {}))
     return "\n".join(lines)
