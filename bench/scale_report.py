@@ -263,11 +263,11 @@ def render(out: R, raw: Path) -> str:
             f"{r['rate']:g}/s: p99 {_f(r['latency_p99_ms'])} ms, missing {r['missing']}"
             for r in rate["rungs"]
         )
-        capped = ", the top of a quick run's ladder," if st.get("quick") else ""
+        capped = ", the top of a quick run's ladder" if st.get("quick") else ""
         lines += [
             "",
             f"Highest broadcast rate sustained at {steps[-1]['open']['streams']:,} "
-            f"streams: **{_f(rate['sustained_per_s'])}/s**{capped} ({rungs}).",
+            f"streams: **{_f(rate['sustained_per_s'])}/s**{capped}. Rungs: {rungs}.",
         ]
     lines += _storm_rows(out.get("storms", {}))
     return "\n".join(lines)
