@@ -259,7 +259,7 @@ def render(out: R, raw: Path) -> str:
         lines += _step_rows(steps)[1:]
     rate = out.get("rate")
     if rate:
-        rungs = ", ".join(
+        rungs = "; ".join(
             f"{r['rate']:g}/s: p99 {_f(r['latency_p99_ms'])} ms, missing {r['missing']}"
             for r in rate["rungs"]
         )
