@@ -1,11 +1,12 @@
 /* bench/loadgen.c: many SSE streams from one cheap process (see the "Scale"
  * section of docs/PERFORMANCE.md).
  *
- *   loadgen --port P --tokens FILE [--src 127.0.0.2] [--concurrency 64]
- *           [--jitter-ms 1000] [--seed S]
+ *   loadgen --port P --tokens FILE [--cookie NAME] [--src 127.0.0.2]
+ *           [--concurrency 64] [--jitter-ms 1000] [--retry-ms 3000] [--seed S]
  *
  * One thread, one epoll set (level-triggered), non-blocking sockets. Each
- * stream is `GET /events/` with one bearer token (line i of FILE) and behaves
+ * stream is `GET /events/` with one bearer token (line i of FILE; with
+ * --cookie NAME, the cookie NAME=<line i>, e.g. sessionid) and behaves
  * like EventSource: on EOF or reset it reconnects after the last `retry:`
  * (ms) plus a random 0..jitter-ms, sending `Last-Event-ID`. 429 and 503 wait
  * for Retry-After (s) plus the jitter; any other non-200 waits for the retry
@@ -85,6 +86,7 @@ static int ntokens;
 static struct sockaddr_in dst, src;
 static int use_src;
 static int ep;
+static const char *cookie_name; /* --cookie NAME: FILE holds session ids */
 static int concurrency = 64, jitter_ms = 1000, default_retry_ms = 3000;
 static int connecting_bounded; /* initial opens in flight */
 static uint64_t rng = 88172645463325252ULL;
@@ -242,11 +244,15 @@ static void start_connect(int i) {
 
 static int build_request(int i, char *buf, size_t cap) {
     stream_t *s = &streams[i];
-    int n = snprintf(buf, cap,
-                     "GET /events/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     "Authorization: Bearer %s\r\nAccept: text/event-stream\r\n"
-                     "Cache-Control: no-cache\r\n",
-                     tokens[i]);
+    int n = cookie_name
+                ? snprintf(buf, cap,
+                           "GET /events/ HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s=%s\r\n",
+                           cookie_name, tokens[i])
+                : snprintf(buf, cap,
+                           "GET /events/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           "Authorization: Bearer %s\r\n",
+                           tokens[i]);
+    n += snprintf(buf + n, cap - n, "Accept: text/event-stream\r\nCache-Control: no-cache\r\n");
     if (s->last_id > 0) n += snprintf(buf + n, cap - n, "Last-Event-ID: %lld\r\n", (long long)s->last_id);
     n += snprintf(buf + n, cap - n, "\r\n");
     return n;
@@ -665,6 +671,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[a], "--port")) port = atoi(argv[a + 1]);
         else if (!strcmp(argv[a], "--tokens")) token_file = argv[a + 1];
         else if (!strcmp(argv[a], "--src")) src_addr = argv[a + 1];
+        else if (!strcmp(argv[a], "--cookie")) cookie_name = argv[a + 1];
         else if (!strcmp(argv[a], "--concurrency")) concurrency = atoi(argv[a + 1]);
         else if (!strcmp(argv[a], "--jitter-ms")) jitter_ms = atoi(argv[a + 1]);
         else if (!strcmp(argv[a], "--retry-ms")) default_retry_ms = atoi(argv[a + 1]);
@@ -675,7 +682,7 @@ int main(int argc, char **argv) {
         }
     }
     if (!port || !token_file) {
-        fprintf(stderr, "usage: loadgen --port P --tokens FILE [--src ADDR] [--concurrency N]"
+        fprintf(stderr, "usage: loadgen --port P --tokens FILE [--cookie NAME] [--src ADDR] [--concurrency N]"
                         " [--jitter-ms MS] [--retry-ms MS] [--seed S]\n");
         return 2;
     }
