@@ -62,7 +62,7 @@ async def storm(
         timeline: list[list[float]] = []
         stats = await wait_ready(fleet, n, within=120 + n * 0.01, timeline=timeline)
         # streaming over time, from the end of the kill/restart command
-        result["timeline"] = timeline[:: max(1, len(timeline) // 60)]
+        result["timeline"] = timeline[:: max(1, -(-len(timeline) // 60))]
         recovered = stats["last_ready_ns"] if stats["reconnects"] else began
         result["recovery_seconds"] = round(max(0, recovered - began) / 1e9, 2)
         result["recovered"] = not stats.get("timed_out", False)
