@@ -165,7 +165,12 @@ async def rate_ladder(
             and p99 <= RATE_P99_LIMIT_MS
         )
         rungs.append(
-            {"rate": rate, "ok": ok, "duplicates": stats["dups"]}
+            {
+                "rate": rate,
+                "ok": ok,
+                "duplicates": stats["dups"],
+                "losses": stats["losses"],
+            }
             | result
             | {"publish": summary_ms(latencies) | {"failures": failures}}
         )
