@@ -63,7 +63,8 @@ async def open_step(stack: Stack, fleet: Fleet, n: int, before: int) -> dict[str
     stats = await wait_ready(fleet, n, within=60 + n * 0.02)
     workers_cpu2, nginx_cpu2 = stack.cpu()
     added = max(1, n - before)
-    seconds = max(1e-9, (stats["last_ready_ns"] - started) / 1e9)
+    last_ready = stats["last_ready_ns"] or time.time_ns()  # none ready: until now
+    seconds = max(1e-9, (last_ready - started) / 1e9)
     await asyncio.sleep(2)
     workers = worker_table(stack)
     rss = sum(w["rss_kb"] for w in workers)
