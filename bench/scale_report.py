@@ -156,6 +156,11 @@ def _step_rows(steps: list[R]) -> list[str]:
     return rows
 
 
+def _recovery(storm: R) -> str:
+    seconds = _f(storm.get("recovery_seconds"), 1)
+    return seconds if storm.get("recovered", True) else f"{seconds} (timed out)"
+
+
 def _storm_rows(storms: R) -> list[str]:
     failed = [
         f"Storm `{k}` failed: {short(v['error'])}"
@@ -184,7 +189,7 @@ def _storm_rows(storms: R) -> list[str]:
         "|---|" + "---|" * len(kinds),
         row(
             "Every client streaming again after (s)",
-            [_f(x.get("recovery_seconds"), 1) for x in s],
+            [_recovery(x) for x in s],
         ),
         row(
             "Streams lost / reconnected",
