@@ -60,7 +60,7 @@ _TOKEN_USER = Prepared(
 def identify(request: HttpRequest) -> Identity:
     """Bearer token first; otherwise the session. An invalid token never
     falls back to the session (the same rule as ``permissions.acaller``)."""
-    header = request.headers.get("Authorization", "")
+    header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() == "bearer":
         secret = secret.strip()

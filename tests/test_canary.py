@@ -29,6 +29,9 @@ MIRRORED_BY = {
     "django.contrib.sessions.middleware.SessionMiddleware.process_response": (
         "notify/middleware.py"
     ),
+    "django.contrib.messages.middleware.MessageMiddleware.process_request": (
+        "notify/middleware.py"
+    ),
     "django.contrib.messages.middleware.MessageMiddleware.process_response": (
         "notify/middleware.py"
     ),
@@ -66,6 +69,7 @@ FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
         "django.contrib.auth.base_user.AbstractBaseUser.get_session_auth_hash": "de2fe0aa429dbaef",
         "django.contrib.auth.get_user": "08a852f701f765bc",
         "django.contrib.auth.middleware.AuthenticationMiddleware.process_request": "6dd39b90ad6373e2",
+        "django.contrib.messages.middleware.MessageMiddleware.process_request": "7f4834ba26ee0583",
         "django.contrib.messages.middleware.MessageMiddleware.process_response": "04469c9493c90e26",
         "django.contrib.sessions.backends.db.SessionStore._get_session_from_db": "775c8d22becd60bd",
         "django.contrib.sessions.backends.db.SessionStore.load": "89d644d66ff7dc2d",

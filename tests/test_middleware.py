@@ -74,6 +74,8 @@ async def test_messages_added_then_read_survive_between_requests(users):
     )
     assert response.status_code == 302
     assert await Group.objects.filter(name="night-shift").aexists()
+    # A request that never looks at messages leaves them where they are.
+    assert (await client.get("/api/notifications")).status_code == 200
     shown = await client.get(response["Location"])
     assert "night-shift" in shown.content.decode()
     assert "was added successfully" in shown.content.decode()

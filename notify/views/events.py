@@ -60,7 +60,7 @@ POLL_DEFAULT, POLL_MAX = 25.0, 55.0
 def _cursor(request: HttpRequest, errors: dict[str, list[str]]) -> int | None:
     # The header wins: EventSource sends it on every automatic reconnect, while
     # the URL still carries the cursor of the first connection.
-    header = request.headers.get("Last-Event-ID", "").strip()
+    header = request.META.get("HTTP_LAST_EVENT_ID", "").strip()
     if header:
         if header.isdigit() and header.isascii() and int(header) <= MAX_ID:
             return int(header)
