@@ -25,6 +25,7 @@ IDS = {
     "NOTIFY_REPLAY_BATCH": "notify.E007",
     "NOTIFY_RESYNC_SECONDS": "notify.E008",
     "NOTIFY_SYNC_THREADS": "notify.E009",
+    "NOTIFY_OPEN_BACKLOG": "notify.E011",
 }
 
 

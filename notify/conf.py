@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFY_REPLAY_BATCH": 200,
     "NOTIFY_RESYNC_SECONDS": 5.0,
     "NOTIFY_SYNC_THREADS": 4,
+    "NOTIFY_OPEN_BACKLOG": 2000,
     "NOTIFY_BROKER": {"BACKEND": "notify.broker.memory.MemoryBroker", "OPTIONS": {}},
     "NOTIFY_METRICS_TOKEN": "",
 }
@@ -100,6 +101,7 @@ PARSERS: dict[str, Any] = {
     "NOTIFY_REPLAY_BATCH": lambda v: parse_int(v, minimum=1),
     "NOTIFY_RESYNC_SECONDS": lambda v: parse_seconds(v, minimum=0.1),
     "NOTIFY_SYNC_THREADS": lambda v: parse_int(v, minimum=1),
+    "NOTIFY_OPEN_BACKLOG": lambda v: parse_int(v, minimum=1),
 }
 
 
@@ -161,6 +163,10 @@ class Conf:
     @property
     def sync_threads(self) -> int:
         return int(self._get("NOTIFY_SYNC_THREADS"))
+
+    @property
+    def open_backlog(self) -> int:
+        return int(self._get("NOTIFY_OPEN_BACKLOG"))
 
     @property
     def broker(self) -> dict[str, Any]:

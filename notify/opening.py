@@ -1,21 +1,34 @@
-"""What a new stream needs from the database, read in one thread hop.
+"""What a new stream needs from the database, read on a thread of its own.
 
 Who is asking (:mod:`notify.credentials`), their groups, the newest
 notification they can see, the newest one of all, and whether their cursor is
 still inside retention: a handful of queries compiled once per process
-(:mod:`notify.prepared`) and run together, so opening a stream costs one trip
-to a worker thread and no ORM compilation. A reconnect storm is made of these.
+(:mod:`notify.prepared`) and run together, so opening a stream costs no ORM
+compilation.
+
+A reconnect storm is thousands of these at once. They run on one thread per
+process (the :class:`Opener`), not on the request threads, so publish and
+inbox requests never queue behind them; openings that arrive together run in
+one trip to that thread, which spares each one a hand-off between threads;
+and past ``NOTIFY_OPEN_BACKLOG`` waiting openings a new one is refused at once
+(503 with ``Retry-After``) instead of waiting without bound.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group
+from django.db import close_old_connections, connections
 from django.http import HttpRequest
 from django.utils import timezone
 
+from notify.conf import conf
 from notify.credentials import Identity, identify
 from notify.history import Viewer, visible
 from notify.models import Notification, RetentionMark
@@ -88,4 +101,114 @@ def open_stream(
     return identity, Opening(viewer, newest, latest, cursor, reset)
 
 
-aopen_stream = sync_to_async(open_stream)
+_BATCH = 64
+
+
+class OpenerBusyError(Exception):
+    """Too many openings are waiting already."""
+
+
+def _open_batch(
+    items: list[tuple[HttpRequest, int | None]],
+) -> list[tuple[bool, Any]]:
+    # What request_started does for a request's thread: drop a connection
+    # that broke or grew too old before using it.
+    close_old_connections()
+    results: list[tuple[bool, Any]] = []
+    for request, cursor in items:
+        try:
+            results.append((True, open_stream(request, cursor)))
+        except Exception as exc:
+            results.append((False, exc))
+    return results
+
+
+class Opener:
+    """Runs :func:`open_stream` for one event loop, in batches, on one thread."""
+
+    def __init__(self, backlog: int) -> None:
+        self.backlog = backlog
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="notify-open")
+        self._pending: list[
+            tuple[
+                HttpRequest, int | None, asyncio.Future[tuple[Identity, Opening | None]]
+            ]
+        ] = []
+        self._task: asyncio.Task[None] | None = None
+        self.waiting = 0  # openings queued or being read
+
+    async def open(
+        self, request: HttpRequest, cursor: int | None
+    ) -> tuple[Identity, Opening | None]:
+        if self.waiting >= self.backlog:
+            raise OpenerBusyError
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Identity, Opening | None]] = loop.create_future()
+        self._pending.append((request, cursor, future))
+        if self._task is None:
+            # Not the request's task or context: the batch outlives any one
+            # request, and must not run in a request's thread-sensitive context.
+            self._task = loop.create_task(self._drain(), context=contextvars.Context())
+        self.waiting += 1
+        try:
+            return await future
+        finally:
+            self.waiting -= 1
+
+    async def aclose(self) -> None:
+        """Close the thread's database connection and stop the thread."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, connections.close_all)
+        self._executor.shutdown(wait=False)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch = [item for item in self._pending[:_BATCH] if not item[2].done()]
+                del self._pending[:_BATCH]
+                if not batch:
+                    continue
+                work = [(request, cursor) for request, cursor, _ in batch]
+                try:
+                    results = await loop.run_in_executor(
+                        self._executor, _open_batch, work
+                    )
+                except Exception as exc:
+                    results = [(False, exc)] * len(batch)
+                for (_, _, future), (ok, value) in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._task = None
+
+
+_openers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Opener] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def forget_opener() -> Opener | None:
+    """Detach the running loop's opener (the caller closes it)."""
+    return _openers.pop(asyncio.get_running_loop(), None)
+
+
+def get_opener() -> Opener:
+    loop = asyncio.get_running_loop()
+    opener = _openers.get(loop)
+    if opener is None:
+        opener = _openers[loop] = Opener(conf.open_backlog)
+    return opener
+
+
+async def aopen_stream(
+    request: HttpRequest, cursor: int | None
+) -> tuple[Identity, Opening | None]:
+    """:func:`open_stream` through this loop's :class:`Opener`."""
+    return await get_opener().open(request, cursor)

@@ -346,3 +346,26 @@ async def test_slow_client_is_disconnected_while_others_get_everything(
         assert await asyncio.to_thread(_read_until_closed, slow, 30)
     finally:
         slow.close()
+
+
+async def test_openings_past_the_backlog_are_refused_at_once(tokens, settings):
+    """A reconnect storm past NOTIFY_OPEN_BACKLOG gets a cheap JSON 503 with
+    Retry-After; the opening already admitted streams as usual."""
+    settings.NOTIFY_OPEN_BACKLOG = 1
+    first, second = (
+        ApplicationCommunicator(application, http_scope("GET", "/events/", tokens[u]))
+        for u in ("alice", "bob")
+    )
+    await first.send_input({"type": "http.request", "body": b""})
+    await second.send_input({"type": "http.request", "body": b""})
+    refused = await second.receive_output(timeout=WAIT)
+    assert refused["status"] == 503
+    headers = dict(refused["headers"])
+    assert 2 <= int(headers[b"Retry-After"]) <= 8
+    body = await second.receive_output(timeout=WAIT)
+    assert json.loads(body["body"]) == {"error": "too many streams opening; retry"}
+    admitted = await first.receive_output(timeout=WAIT)
+    assert admitted["status"] == 200
+    first.future.cancel()
+    await first.wait(timeout=WAIT)
+    await second.wait(timeout=WAIT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
@@ -10,12 +11,13 @@ from django.http.response import ResponseHeaders
 from django.views.decorators.csrf import csrf_exempt
 
 from notify.history import aload_viewer
-from notify.opening import aopen_stream
+from notify.opening import OpenerBusyError, aopen_stream
 from notify.permissions import Caller
 from notify.streams import event_stream, poll
 from notify.views.http import (
     MAX_ID,
     authenticated,
+    error,
     field_errors,
     int_param,
     json_response,
@@ -77,7 +79,13 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     # Authentication, groups and the starting point, in one thread hop: the
     # body then runs on the event loop alone, with no database work unless the
     # client is behind.
-    identity, opening = await aopen_stream(request, cursor)
+    try:
+        identity, opening = await aopen_stream(request, cursor)
+    except OpenerBusyError:
+        # A reconnect storm: a cheap answer now beats a slow one for everybody.
+        # The spread of Retry-After spreads the next wave.
+        retry = str(random.randint(2, 8))
+        return error(503, "too many streams opening; retry", Retry_After=retry)
     if opening is None:
         return unauthenticated(bad_token=identity.bad_token)
     if errors:
