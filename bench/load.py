@@ -120,10 +120,15 @@ class StreamClient(asyncio.Protocol):
             del sse[:start]
 
 
-def stream_request(token: str) -> bytes:
+def stream_request(credential: str) -> bytes:
+    """A stream request with a bearer token, or a ``sessionid=...`` cookie."""
+    if credential.startswith("sessionid="):
+        auth = f"Cookie: {credential}"
+    else:
+        auth = f"Authorization: Bearer {credential}"
     return (
         "GET /events/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+        f"{auth}\r\nAccept: text/event-stream\r\n\r\n"
     ).encode()
 
 

@@ -53,6 +53,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="experiment: the servers' first GC generation threshold (default 700)",
     )
+    parser.add_argument(
+        "--auth",
+        choices=("token", "session"),
+        default="token",
+        help="how the streams authenticate: bearer token or session cookie",
+    )
     parser.add_argument("--no-doc", action="store_true", help="leave docs/ alone")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
@@ -95,11 +101,11 @@ def reference_env(redis_url: str) -> dict[str, str]:
     return _base_env() | {"REDIS_URL": redis_url, "NOTIFY_HEARTBEAT_SECONDS": HEARTBEAT}
 
 
-def _prepare_database(env: dict[str, str], users: int) -> dict[str, Any]:
+def _prepare_database(env: dict[str, str], users: int, auth: str) -> dict[str, Any]:
     run = [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"]
     subprocess.run(run, env=env, cwd=ROOT, check=True, timeout=120)
     seeded = subprocess.run(
-        [sys.executable, "-m", "bench.seed", str(users)],
+        [sys.executable, "-m", "bench.seed", str(users), auth],
         env=env,
         cwd=ROOT,
         check=True,
@@ -122,7 +128,7 @@ async def _run(
         db_path = workdir / "bench.sqlite3"
         env = notify_env(db_path, redis_url)
         _log(f"database: migrate and {max(args.counts)} users with tokens")
-        seeded = await asyncio.to_thread(_prepare_database, env, max(args.counts))
+        seeded = await asyncio.to_thread(_prepare_database, env, max(args.counts), args.auth)
         targets = {
             "reference": Target(
                 "reference",

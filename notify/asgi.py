@@ -30,6 +30,7 @@ import itertools
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import aclosing
+from functools import partial
 from typing import Any
 
 import django
@@ -38,9 +39,11 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.dispatch.dispatcher import NO_RECEIVERS
+from django.dispatch.dispatcher import NO_RECEIVERS, Signal
 from django.http import HttpResponseBase
-from django.urls import set_script_prefix
+from django.urls import get_script_prefix as get_current_script_prefix
+from django.urls import get_urlconf, set_script_prefix, set_urlconf
+from django.utils.log import log_response
 
 
 class _DisconnectWatcher:
@@ -91,12 +94,21 @@ class _RequestExecutor(Executor):
         pending, self._pending = self._pending, None
         if pending is None:
             return self._executor.submit(fn, *args, **kwargs)
+        # A work item of its own, ahead of ``fn`` on the same single thread:
+        # if the caller is cancelled before ``fn`` starts, the receivers still
+        # run. Their failure is the call's failure, as with Django's asend().
+        started = self._executor.submit(pending)
+        return self._executor.submit(_after, started, fn, args, kwargs)
 
-        def first() -> Any:
-            pending()
-            return fn(*args, **kwargs)
 
-        return self._executor.submit(first)
+def _after(started: Future[Any], fn: Any, args: Any, kwargs: Any) -> Any:
+    started.result()
+    return fn(*args, **kwargs)
+
+
+def _send_sync(signal: Signal, receivers: list[Any], sender: type, scope: Any) -> None:
+    for receiver in receivers:
+        receiver(signal=signal, sender=sender, scope=scope)
 
 
 async def send_request_started(
@@ -113,12 +125,7 @@ async def send_request_started(
         return
     sync_receivers, async_receivers = signal._live_receivers(sender)
     if sync_receivers:
-
-        def send_sync() -> None:
-            for receiver in sync_receivers:
-                receiver(signal=signal, sender=sender, scope=scope)
-
-        executor.defer(send_sync)
+        executor.defer(partial(_send_sync, signal, sync_receivers, sender, scope))
     if async_receivers:
         await asyncio.gather(
             *(r(signal=signal, sender=sender, scope=scope) for r in async_receivers)
@@ -140,6 +147,25 @@ class ThreadPoolASGIHandler(ASGIHandler):
         executor = _RequestExecutor(next(self._next))
         async with ThreadSensitiveContext(executor=executor):
             await self.handle(scope, receive, send, executor)
+
+    async def get_response_async(self, request: Any) -> Any:
+        """``BaseHandler.get_response_async``, without giving every request's
+        context its own copy of the URLconf storage when it would only hold
+        the default (``None`` means ``ROOT_URLCONF`` to the resolver): a
+        stream keeps its context for hours."""
+        if get_urlconf() not in (None, settings.ROOT_URLCONF):
+            set_urlconf(settings.ROOT_URLCONF)
+        response = await self._middleware_chain(request)  # type: ignore[attr-defined]
+        response._resource_closers.append(request.close)
+        if response.status_code >= 400:
+            await sync_to_async(log_response, thread_sensitive=False)(
+                "%s: %s",
+                response.reason_phrase,
+                request.path,
+                response=response,
+                request=request,
+            )
+        return response
 
     async def read_body(self, receive: Any) -> Any:
         """The request body, in memory when it came in one message (every GET
@@ -164,7 +190,12 @@ class ThreadPoolASGIHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        set_script_prefix(get_script_prefix(scope))
+        prefix = get_script_prefix(scope)
+        if prefix.rstrip("/") + "/" != get_current_script_prefix():
+            # Setting it as Django does gives every request's context its own
+            # copy of the URL prefix storage, kept as long as the request:
+            # hours, for a stream.
+            set_script_prefix(prefix)
         await send_request_started(self.__class__, scope, executor)
         request, error_response = self.create_request(scope, body_file)
         if request is None:

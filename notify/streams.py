@@ -98,14 +98,15 @@ async def event_stream(opening: Opening) -> AsyncIterator[bytes]:
                 async for chunk, replayed_through in _replay(viewer, after):
                     last_sent = replayed_through
                     yield chunk
+            del opening, viewer  # the live loop needs only its subscription
 
             keepalive = _Heartbeat(sub, heartbeat)
-            drain, wait, clock = sub.drain, sub.wait, asyncio.get_running_loop().time
+            loop = asyncio.get_running_loop()
             try:
                 while True:
-                    batch = drain(_MAX_COALESCE)
+                    batch = sub.drain(_MAX_COALESCE)
                     if not batch:
-                        await wait()
+                        await sub.wait()
                         continue
                     chunks: list[bytes] = []
                     delivered = 0
@@ -123,7 +124,7 @@ async def event_stream(opening: Opening) -> AsyncIterator[bytes]:
                         metrics.DELIVERED.inc(delivered)
                     if chunks:
                         yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                        keepalive.last_output = clock()
+                        keepalive.last_output = loop.time()
             finally:
                 keepalive.cancel()
     except (asyncio.CancelledError, GeneratorExit):

@@ -23,9 +23,8 @@ replays from the database. Nobody else waits for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -240,6 +239,28 @@ async def stop_task(task: asyncio.Task[None]) -> None:
         logger.error("background task failed", exc_info=task.exception())
 
 
+class Subscribing:
+    """``async with broker.subscribe(...) as sub``: registered on entry,
+    removed on exit. A small class rather than an ``asynccontextmanager``,
+    which would keep an async generator and its frame per open stream."""
+
+    __slots__ = ("_broker", "_sub")
+
+    def __init__(self, broker: Broker, sub: Subscription) -> None:
+        self._broker = broker
+        self._sub = sub
+
+    async def __aenter__(self) -> Subscription:
+        await self._broker._ensure_started()
+        self._broker.fanout.add(self._sub)
+        metrics.OPEN_STREAMS.inc()
+        return self._sub
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._broker.fanout.remove(self._sub)
+        metrics.OPEN_STREAMS.dec()
+
+
 class Broker:
     """Base of every backend: one instance per event loop (see ``get_broker``).
 
@@ -267,23 +288,16 @@ class Broker:
         """Send ``message`` to every subscriber in every process."""
         await self._send(message)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self, channels: Iterable[str], *, owner: asyncio.Task[object] | None = None
-    ) -> AsyncIterator[Subscription]:
-        """Receive messages for ``channels`` until the block exits.
+    def subscribe(
+        self, channels: Iterable[str], *, owner: asyncio.Task[Any] | None = None
+    ) -> Subscribing:
+        """Receive messages for ``channels`` while in ``async with`` the result.
 
         ``owner`` is the task cancelled if this subscription falls behind.
         """
-        await self._ensure_started()
-        sub = Subscription(frozenset(channels), self.queue_size, owner)
-        self.fanout.add(sub)
-        metrics.OPEN_STREAMS.inc()
-        try:
-            yield sub
-        finally:
-            self.fanout.remove(sub)
-            metrics.OPEN_STREAMS.dec()
+        return Subscribing(
+            self, Subscription(frozenset(channels), self.queue_size, owner)
+        )
 
     async def _ensure_started(self) -> None:
         if self._started:
