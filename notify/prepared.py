@@ -19,7 +19,7 @@ from django.db import connections
 from django.db.models import QuerySet
 
 # Markers: values no real query would carry, distinct per argument.
-_INT_BASE = -(2**62) + 7919
+_INT_BASE = -(2**31) + 7919  # in range of a 32-bit column (PostgreSQL integer)
 _TIME_BASE = datetime(1901, 2, 3, 4, 5, 6, tzinfo=UTC)
 
 
@@ -51,11 +51,13 @@ class Prepared:
         self._kinds = tuple(kinds)
         self._using = using
         self._compiled: dict[str, tuple[str, list[Any], list[tuple[int, int]]]] = {}
+        self._model: Any = None
 
     def _compile(self) -> tuple[str, list[Any], list[tuple[int, int]]]:
         connection = connections[self._using]
         markers = [_marker(i, kind) for i, kind in enumerate(self._kinds)]
         queryset = self._build(*markers).using(self._using)
+        self._model = queryset.model
         sql, params = queryset.query.get_compiler(using=self._using).as_sql()
         adapt = connection.ops.adapt_datetimefield_value
         forms: dict[Any, int] = {}
@@ -78,8 +80,7 @@ class Prepared:
         self._compiled[connection.vendor] = compiled
         return compiled
 
-    def rows(self, *args: Any) -> list[tuple[Any, ...]]:
-        """Run the query with ``args``; the rows as the database returns them."""
+    def _sql(self, args: tuple[Any, ...]) -> tuple[str, list[Any]]:
         connection = connections[self._using]
         compiled = self._compiled.get(connection.vendor) or self._compile()
         sql, template, slots = compiled
@@ -88,9 +89,21 @@ class Prepared:
         for position, arg in slots:
             value = args[arg]
             params[position] = adapt(value) if isinstance(value, datetime) else value
-        with connection.cursor() as cursor:
+        return sql, params
+
+    def rows(self, *args: Any) -> list[tuple[Any, ...]]:
+        """Run the query with ``args``; the rows as the database returns them."""
+        sql, params = self._sql(args)
+        with connections[self._using].cursor() as cursor:
             cursor.execute(sql, params)
             return list(cursor.fetchall())
+
+    def instances(self, *args: Any) -> list[Any]:
+        """Run a query of whole model rows; model instances, with every
+        field converted as the ORM converts it (``Manager.raw``)."""
+        sql, params = self._sql(args)
+        manager = self._model._default_manager.db_manager(self._using)
+        return list(manager.raw(sql, params))
 
     def value(self, *args: Any, default: Any = None) -> Any:
         """The first column of the first row, or ``default``."""
