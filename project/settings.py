@@ -50,13 +50,43 @@ def _origins(value: str) -> list[str]:
     return [o.strip() for o in value.split(",") if o.strip()]
 
 
+SQLITE = "django.db.backends.sqlite3"
+POSTGRESQL = "django.db.backends.postgresql"
+
+
 def _database(value: str) -> dict[str, Any]:
+    """The database of ``DATABASE_URL``: SQLite or PostgreSQL, nothing else."""
     try:
         config = dj_database_url.parse(value, conn_max_age=600, conn_health_checks=True)
     except Exception as exc:  # the library raises bare Exceptions and KeyErrors
         raise ValueError(f"cannot parse {value!r}: {exc}") from exc
-    if not config.get("ENGINE"):
-        raise ValueError(f"unsupported database URL {value!r}")
+    engine = config.get("ENGINE")
+    if engine not in (SQLITE, POSTGRESQL):
+        scheme = value.partition(":")[0]
+        raise ValueError(
+            f"unsupported database {scheme!r}: notify runs on SQLite "
+            "(sqlite:///path/to/file) or PostgreSQL (postgres://user:password@host/name)"
+        )
+    if engine == SQLITE:
+        # IMMEDIATE transactions take the write lock up front, so concurrent
+        # publishers queue instead of failing with "database is locked"; WAL
+        # lets readers (streams replaying) run beside a writer.
+        config["OPTIONS"] = {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+        # The ASGI handler runs sync work on a small fixed pool of threads, and
+        # Django keeps a connection per thread: keeping them open spares every
+        # request a new connection (and SQLite's statement cache its compiling).
+        config["CONN_MAX_AGE"] = None
+        config["CONN_HEALTH_CHECKS"] = False
+    else:
+        options = config.setdefault("OPTIONS", {})
+        # Like SQLite's timeout: a connection or a lock that takes longer is
+        # an error (a 503 to the client), not a request hanging on.
+        options.setdefault("connect_timeout", 10)
+        options.setdefault("options", "-c lock_timeout=20s")
     return dict(config)
 
 
@@ -116,20 +146,6 @@ TEMPLATES = [
 
 _default_db = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 DATABASES = {"default": env("DATABASE_URL", _database, _database(_default_db))}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # IMMEDIATE transactions take the write lock up front, so concurrent
-    # publishers queue instead of failing with "database is locked"; WAL lets
-    # readers (streams replaying) run beside a writer.
-    DATABASES["default"]["OPTIONS"] = {
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
-    # The ASGI handler runs sync work on a small fixed pool of threads, and
-    # Django keeps a connection per thread: keeping them open spares every
-    # request a new connection (and SQLite's statement cache its compiling).
-    DATABASES["default"]["CONN_MAX_AGE"] = None
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

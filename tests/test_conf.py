@@ -31,6 +31,9 @@ BAD_ENV = [
     ("REDIS_URL", "http://x"),
     ("DEBUG", "maybe"),
     ("DATABASE_URL", "nosuchdb://x"),
+    ("DATABASE_URL", "mysql://notify:secret@127.0.0.1:3306/notify"),
+    ("DATABASE_URL", "oracle://notify:secret@127.0.0.1:1521/notify"),
+    ("DATABASE_URL", "postgis://notify@127.0.0.1/notify"),
     ("ALLOWED_HOSTS", " , "),
 ]
 
@@ -77,6 +80,35 @@ def test_good_environment_values_load(clean_env, command):
     }
     result = run(command, env)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "url", ["postgres://notify:secret@127.0.0.1:1/notify", "postgresql:///notify"]
+)
+def test_a_postgresql_database_url_loads(clean_env, command, url):
+    """Loading the settings does not connect: port 1 has no server."""
+    result = run(command, clean_env | {"DATABASE_URL": url})
+    assert result.returncode == 0, result.stderr
+
+
+def test_other_database_backends_are_refused_naming_database_url(clean_env):
+    code = "import django; django.setup()"
+    for url in ["mysql://notify@127.0.0.1/notify", "mssql://notify@127.0.0.1/n"]:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env=clean_env
+            | {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "project.settings"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(
+            "django.core.exceptions.ImproperlyConfigured: DATABASE_URL: "
+        )
+        assert "SQLite" in last and "PostgreSQL" in last
 
 
 @pytest.mark.parametrize("command", COMMANDS)
