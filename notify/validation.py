@@ -35,6 +35,7 @@ class Draft:
 
 
 NOT_UNICODE = "Must be valid Unicode text (no lone surrogates such as \\ud800)."
+NUL = "Must not contain NUL (U+0000) characters."
 
 
 def _unicode(text: str) -> bool:
@@ -47,6 +48,33 @@ def _unicode(text: str) -> bool:
     return True
 
 
+def _storable(text: str) -> list[str]:
+    """Why no database can store ``text`` (PostgreSQL refuses NUL in text and
+    in JSON; SQLite would keep it), or nothing."""
+    if not _unicode(text):
+        return [NOT_UNICODE]
+    if "\x00" in text:
+        return [NUL]
+    return []
+
+
+def _strings(value: object) -> list[str]:
+    """Every string in a JSON value, keys included (no recursion: the nesting
+    depth is bounded only by the size limit)."""
+    found: list[str] = []
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return found
+
+
 def _names(value: object, what: str, errors: list[str]) -> list[str]:
     if not isinstance(value, list) or not value:
         errors.append(f"{what} must be a non-empty list of names.")
@@ -57,9 +85,10 @@ def _names(value: object, what: str, errors: list[str]) -> list[str]:
     if not all(isinstance(v, str) and v.strip() for v in value):
         errors.append(f"Every entry of {what} must be a non-empty string.")
         return []
-    if not all(_unicode(v) for v in value):
-        errors.append(NOT_UNICODE)
-        return []
+    for name in value:
+        if problems := _storable(name):
+            errors.extend(problems)
+            return []
     return sorted(set(value))
 
 
@@ -83,8 +112,8 @@ def _url(value: object) -> list[str]:
         return ["Must be a string or null."]
     if len(value) > MAX_URL:
         return [f"At most {MAX_URL} characters."]
-    if not _unicode(value):
-        return [NOT_UNICODE]
+    if problems := _storable(value):
+        return problems
     if any(c.isspace() or ord(c) < 32 for c in value):
         return ["Must not contain spaces or control characters."]
     if value.startswith("/"):
@@ -139,8 +168,8 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
         errors["title"] = ["This field is required (1 to 200 characters)."]
     elif len(title) > MAX_TITLE:
         errors["title"] = [f"At most {MAX_TITLE} characters."]
-    elif not _unicode(title):
-        errors["title"] = [NOT_UNICODE]
+    elif problems := _storable(title):
+        errors["title"] = problems
     else:
         draft.title = title
 
@@ -151,8 +180,8 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
         errors["body"] = ["Must be a string."]
     elif len(body) > MAX_BODY:
         errors["body"] = [f"At most {MAX_BODY} characters."]
-    elif not _unicode(body):
-        errors["body"] = [NOT_UNICODE]
+    elif problems := _storable(body):
+        errors["body"] = problems
     else:
         draft.body = body
 
@@ -185,6 +214,8 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
                     errors["data"] = [NOT_UNICODE]
                 elif len(wire.encode()) > MAX_DATA:
                     errors["data"] = [f"At most {MAX_DATA} bytes as JSON."]
+                elif any("\x00" in text for text in _strings(data)):
+                    errors["data"] = [NUL]
                 else:
                     draft.data = data
 

@@ -1,0 +1,170 @@
+"""What must hold on every database backend alike (the suite runs once per
+backend: ``--database=sqlite`` and ``--database=postgres``).
+
+- NUL (U+0000) in any string of a publish is a 400 naming its field, before
+  the database sees it (PostgreSQL refuses NUL in text and in JSON; SQLite
+  would store it).
+- Publishers in several OS processes commit in id order: a reader never sees
+  an id below one it has already seen (SQLite's IMMEDIATE transactions,
+  PostgreSQL's transaction-level advisory lock).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from notify.exceptions import ValidationError
+from notify.models import Notification
+from notify.publish import publish
+from notify.validation import NUL
+from tests.support.api import body, post_json
+from tests.support.servers import ROOT, wait_for
+
+NUL_FIELDS: list[tuple[dict[str, Any], str]] = [
+    ({"title": "a\x00b"}, "title"),
+    ({"title": "\x00"}, "title"),
+    ({"body": "line\x00"}, "body"),
+    ({"url": "/path\x00"}, "url"),
+    ({"url": "https://example.com/\x00"}, "url"),
+    ({"data": {"k": "v\x00"}}, "data"),
+    ({"data": {"k\x00": 1}}, "data"),
+    ({"data": {"list": [1, {"deep": ["x", "\x00"]}]}}, "data"),
+    ({"audience": {"users": ["alice", "bo\x00b"]}}, "audience"),
+    ({"audience": {"groups": ["\x00ops"]}}, "audience"),
+]
+
+
+@pytest.mark.parametrize(("fields", "field"), NUL_FIELDS)
+async def test_nul_anywhere_in_a_published_string_is_400_naming_the_field(
+    admin, fields, field
+):
+    payload = {"audience": "all", "title": "ok", **fields}
+    response = await post_json(admin, payload)
+    assert response.status_code == 400, response.content
+    errors = body(response)["errors"]
+    assert list(errors) == [field]
+    assert errors[field] == [NUL]
+    assert not await Notification.objects.aexists()
+
+
+@pytest.mark.parametrize(("fields", "field"), NUL_FIELDS)
+def test_nul_is_refused_by_field_from_python_callers_too(users, fields, field):
+    with pytest.raises(ValidationError) as caught:
+        publish(**{"audience": "all", "title": "ok", **fields})
+    assert caught.value.errors == {field: [NUL]}
+    assert not Notification.objects.exists()
+
+
+async def test_the_text_nul_escape_and_other_control_characters_are_stored(admin):
+    """Only U+0000 itself is refused: the six characters \\u0000, and other
+    control characters, are text like any other, on every backend."""
+    payload = {
+        "audience": "all",
+        "title": "\\u0000 \x01\x1f",
+        "body": "tab\tnew\nline\x7f",
+        "data": {"\\u0000": ["\\u0000", "\x01"]},
+    }
+    response = await post_json(admin, payload)
+    assert response.status_code == 201, response.content
+    stored = await Notification.objects.aget(pk=body(response)["id"])
+    assert (stored.title, stored.body, stored.data) == (
+        payload["title"],
+        payload["body"],
+        payload["data"],
+    )
+
+
+PUBLISHER = """
+import random, sys, time
+from pathlib import Path
+
+import django
+
+django.setup()
+from django.db import transaction
+
+from notify.publish import publish
+
+name, count, barrier = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+rng = random.Random(name)
+(barrier.parent / f"ready-{name}").touch()
+deadline = time.monotonic() + 30
+while not barrier.exists():
+    if time.monotonic() > deadline:
+        sys.exit("no start signal")
+    time.sleep(0.002)
+for i in range(count):
+    # Work between taking an id and committing: the window in which another
+    # publisher's later id could otherwise become visible first.
+    with transaction.atomic():
+        publish(title=f"{name}-{i}")
+        time.sleep(rng.uniform(0, 0.004))
+"""
+
+
+def test_publishers_in_several_processes_commit_in_id_order(
+    transactional_db, server_env, tmp_path
+):
+    processes, each = 4, 40
+    barrier = tmp_path / "go"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, f"p{k}", str(each), str(barrier)],
+            env=server_env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for k in range(processes)
+    ]
+    seen: set[int] = set()
+    newest = 0
+    late: list[tuple[int, int]] = []  # (an id seen late, the newest seen before)
+    try:
+        wait_for(
+            lambda: (
+                all((tmp_path / f"ready-p{k}").exists() for k in range(processes))
+                or any(w.poll() is not None for w in workers)
+            ),
+            60,
+            "publisher processes",
+        )
+        barrier.touch()
+        deadline = time.monotonic() + 60
+        while len(seen) < processes * each:
+            assert time.monotonic() < deadline, f"only {len(seen)} committed"
+            if any(w.poll() not in (None, 0) for w in workers):
+                break
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT id FROM {Notification._meta.db_table} ORDER BY id"
+                )
+                ids = [row[0] for row in cursor.fetchall()]
+            fresh = [i for i in ids if i not in seen]
+            late += [(i, newest) for i in fresh if i < newest]
+            seen.update(fresh)
+            newest = max(seen, default=0)
+    finally:
+        outputs = []
+        for worker in workers:
+            try:
+                out, _ = worker.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                out, _ = worker.communicate(timeout=10)
+            outputs.append(out.decode(errors="replace"))
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output
+    assert not late, f"ids became visible after a higher one: {late[:10]}"
+    assert len(seen) == processes * each
+    titles = Notification.objects.order_by("id").values_list("title", flat=True)
+    for k in range(processes):
+        mine = [t for t in titles if t.startswith(f"p{k}-")]
+        assert mine == [f"p{k}-{i}" for i in range(each)]
