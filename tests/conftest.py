@@ -1,20 +1,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from notify.broker import forget_broker
 from notify.tokens import create_token
 from tests.support.api import Client
+from tests.support.postgres import PostgresCluster, connections_to
 from tests.support.servers import RedisServer, UvicornServer, auth  # noqa: F401
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+DATABASES = ("sqlite", "postgres")
+POSTGRES_TEST_NAME = "notify_test"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -23,6 +30,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("NOTIFY_TEST_REDIS_URL", ""),
         help="use this Redis instead of starting redis-server",
     )
+    parser.addoption(
+        "--database",
+        choices=DATABASES,
+        default=os.environ.get("NOTIFY_TEST_DATABASE") or "sqlite",
+        help="the database backend of the whole run (default: sqlite, or "
+        "NOTIFY_TEST_DATABASE); postgres starts a throwaway cluster",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped with SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C,
+    # so the session's fixtures stop the servers and the database they started.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +56,154 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def database_backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgres``: the backend of this whole run (--database)."""
+    backend: str = request.config.getoption("--database")
+    return backend
+
+
+@pytest.fixture(scope="session")
 def test_db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("db") / "notify-test.sqlite3"
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(test_db_path: Path) -> None:
-    # A file, not in-memory SQLite: uvicorn processes share it with the tests.
+def postgres_cluster(database_backend: str) -> Iterator[PostgresCluster | None]:
+    """This run's own PostgreSQL cluster (None on SQLite runs)."""
+    if database_backend != "postgres":
+        yield None
+        return
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def test_database_url(
+    database_backend: str,
+    test_db_path: Path,
+    postgres_cluster: PostgresCluster | None,
+) -> str:
+    """``DATABASE_URL`` of the test database, for processes that share it."""
+    if postgres_cluster is not None:
+        return postgres_cluster.url(POSTGRES_TEST_NAME)
+    return f"sqlite:///{test_db_path}"
+
+
+def _use_default_database(config: dict[str, Any]) -> None:
+    """Make ``config`` the "default" database before any test connects."""
+    from django.conf import settings
+    from django.db import connections
+
+    connections.close_all()
+    settings.DATABASES["default"] = config
+    # The handler keeps the settings it read and the connections it made.
+    connections._settings = None  # type: ignore[attr-defined]
+    connections.__dict__.pop("settings", None)
+    with contextlib.suppress(AttributeError):
+        delattr(connections._connections, "default")  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    database_backend: str,
+    test_db_path: Path,
+    postgres_cluster: PostgresCluster | None,
+) -> None:
     from django.conf import settings
 
-    settings.DATABASES["default"]["TEST"]["NAME"] = str(test_db_path)
+    from project.settings import _database
+
+    current = settings.DATABASES["default"]
+    if postgres_cluster is not None:
+        config = _database(postgres_cluster.url("postgres"))
+        config["TEST"] = {"NAME": POSTGRES_TEST_NAME}
+        _use_default_database(config)
+    elif current["ENGINE"] != "django.db.backends.sqlite3":
+        # DATABASE_URL names another database; the run uses SQLite still.
+        _use_default_database(_database(f"sqlite:///{test_db_path}"))
+    # A file, not in-memory SQLite: uvicorn processes share it with the tests.
+    settings.DATABASES["default"].setdefault("TEST", {})
+    if postgres_cluster is None:
+        settings.DATABASES["default"]["TEST"]["NAME"] = str(test_db_path)
+
+
+class ThreadConnections:
+    """The database connections of every thread, kept until closed here.
+
+    Django keeps a connection per thread and closes only the calling
+    thread's. The others (``sync_to_async`` executors, the ASGI handler's
+    pool) would be dropped unclosed when their thread ends, which psycopg
+    reports as a ResourceWarning, and PostgreSQL refuses to drop a database
+    still in use."""
+
+    def __init__(self) -> None:
+        self.opened: list[BaseDatabaseWrapper] = []
+
+    def track(self, sender: object, connection: BaseDatabaseWrapper, **_: Any) -> None:
+        self.opened.append(connection)
+
+    def close(self, *, all_threads: bool) -> None:
+        alive = {thread.ident for thread in threading.enumerate()}
+        kept = []
+        for wrapper in self.opened:
+            if not all_threads and getattr(wrapper, "_thread_ident", None) in alive:
+                kept.append(wrapper)
+            elif wrapper.connection is not None:
+                # Not wrapper.close(): that insists on the opening thread.
+                with contextlib.suppress(Exception):
+                    wrapper.connection.close()
+                wrapper.connection = None
+        self.opened = kept
+
+
+_thread_connections = ThreadConnections()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """The test database, with every thread's connection closed before it is
+    dropped."""
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_thread_connections.track, weak=False)
+    yield
+    connection_created.disconnect(_thread_connections.track)
+    _thread_connections.close(all_threads=True)
+
+
+@pytest.fixture(autouse=True)
+def _close_connections_of_ended_threads() -> Iterator[None]:
+    yield
+    _thread_connections.close(all_threads=False)
+
+
+@pytest.fixture(scope="session")
+def database_connections(
+    test_db_path: Path, postgres_cluster: PostgresCluster | None
+) -> Callable[[int], list[str]]:
+    """``connections(pid)``: the database connections process ``pid`` holds,
+    one string each (stable while the connection stays open)."""
+    if postgres_cluster is not None:
+        port = postgres_cluster.port
+        return lambda pid: connections_to(pid, port)
+
+    def files(pid: int) -> list[str]:
+        # SQLite keeps the file, its -wal and its -shm open per connection.
+        found = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:  # closed meanwhile
+                continue
+            if target.startswith(str(test_db_path)):
+                found.append(target)
+        return sorted(found)
+
+    return files
 
 
 @pytest.fixture
@@ -84,7 +247,7 @@ def redis_url(redis_server: RedisServer, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def server_env(test_db_path: Path) -> dict[str, str]:
+def server_env(test_database_url: str) -> dict[str, str]:
     """Environment for a uvicorn server sharing the test database."""
     env = {
         k: v
@@ -92,7 +255,7 @@ def server_env(test_db_path: Path) -> dict[str, str]:
         if not k.startswith(("NOTIFY_", "REDIS_URL", "DATABASE_URL", "DJANGO_"))
     }
     env.update(
-        DATABASE_URL=f"sqlite:///{test_db_path}",
+        DATABASE_URL=test_database_url,
         DJANGO_SETTINGS_MODULE="project.settings",
         NOTIFY_HEARTBEAT_SECONDS="2",
         NOTIFY_RESYNC_SECONDS="1",

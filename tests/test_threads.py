@@ -1,15 +1,14 @@
 """An open stream holds no OS thread and no database connection.
 
 One real uvicorn process; its thread count comes from /proc/<pid>/status
-and its database connections from the /proc/<pid>/fd links into the test
-database file (SQLite keeps the file, its -wal and its -shm open per
-connection).
+and its database connections from /proc (the ``database_connections``
+fixture: files into the SQLite test database, or TCP connections to the
+PostgreSQL cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import httpx
@@ -28,18 +27,6 @@ def thread_count(pid: int) -> int:
         if line.startswith("Threads:"):
             return int(line.split()[1])
     raise AssertionError("no Threads: line")
-
-
-def database_fds(pid: int, database: Path) -> list[str]:
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:  # closed meanwhile
-            continue
-        if target.startswith(str(database)):
-            found.append(target)
-    return sorted(found)
 
 
 class Holder:
@@ -89,7 +76,7 @@ class Holder:
 
 
 async def test_open_streams_hold_no_thread_and_no_database_connection(
-    start_server, tokens, test_db_path
+    start_server, tokens, database_connections
 ):
     # No periodic resync: only the streams themselves touch the database.
     server = start_server(NOTIFY_RESYNC_SECONDS="3600", NOTIFY_HEARTBEAT_SECONDS="30")
@@ -102,13 +89,13 @@ async def test_open_streams_hold_no_thread_and_no_database_connection(
         try:
             async with asyncio.timeout(40):
                 await holder.open([people[i % 3] for i in range(10)])
-                threads, fds = thread_count(pid), database_fds(pid, test_db_path)
+                threads, fds = thread_count(pid), database_connections(pid)
                 assert fds, "the server has no database connection at all?"
 
                 await holder.open([people[i % 3] for i in range(290)])
                 assert holder.ready == 300
                 assert thread_count(pid) == threads
-                assert database_fds(pid, test_db_path) == fds
+                assert database_connections(pid) == fds
         finally:
             async with asyncio.timeout(20):
                 await holder.aclose()
