@@ -18,6 +18,7 @@ import redis.asyncio as aredis
 
 from notify import metrics
 from notify.broker import Broker, Message, Subscription
+from notify.broker.base import Fanout
 from notify.broker.memory import MemoryBroker
 from notify.broker.redis import RedisBroker
 from tests.support.servers import RedisServer
@@ -529,3 +530,20 @@ async def test_redis_reader_resyncs_after_a_redis_restart(workdir, channel):
             assert sub.get_nowait() is None
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_broadcast_to_many_yields_to_the_loop_between_slices():
+    """Routing hands a message to a slice of subscriptions at a time, and
+    marks it dispatched before the first slice: a subscription made while it
+    is routed knows it was not among the targets."""
+    fanout = Fanout(None)
+    subs = [Subscription(frozenset({"all"}), 8) for _ in range(2500)]
+    for sub in subs:
+        fanout.add(sub)
+    routing = asyncio.create_task(fanout.dispatch(Message(1, ("all",), b"x")))
+    await asyncio.sleep(0)  # the first slice is handed out, then routing yields
+    assert fanout.last_id == 1
+    reached = sum(1 for sub in subs if sub.get_nowait() is not None)
+    assert 0 < reached < len(subs)
+    await asyncio.wait_for(routing, 5)
+    assert sum(1 for sub in subs if sub.get_nowait() is not None) == len(subs) - reached

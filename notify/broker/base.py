@@ -32,6 +32,8 @@ from notify import metrics
 
 logger = logging.getLogger(__name__)
 
+_SLICE = 1000  # subscriptions handed a message between two looks at the loop
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -178,15 +180,18 @@ class Fanout:
 
     async def dispatch(self, message: Message) -> None:
         if message.id == 0:
-            self._route(message)
+            await self._route(message)
             return
         async with self._lock:
             if message.id <= self.last_id:
                 return
             if message.id > self.last_id + 1 and self.history is not None:
                 await self._catch_up(through=message.id - 1)
-            self._route(message)
+            # Before routing, which yields to the loop: a subscription made
+            # meanwhile is not among the targets, and this tells it so (its
+            # stream then reads the database; see streams.event_stream).
             self.last_id = message.id
+            await self._route(message)
 
     async def resync(self) -> None:
         """Deliver whatever the history holds past our last id."""
@@ -205,23 +210,30 @@ class Fanout:
                 if through is not None and message.id > through:
                     return
                 metrics.RECOVERED.inc()
-                self._route(message)
                 self.last_id = message.id
+                await self._route(message)
             if len(found) < self.batch:
                 return
 
-    def _route(self, message: Message) -> None:
+    async def _route(self, message: Message) -> None:
+        """Hand ``message`` to every subscription on its channels, yielding to
+        the event loop every ``_SLICE`` of them: a broadcast to tens of
+        thousands of streams then never holds other requests of this process
+        (the API, health checks) for longer than one slice takes."""
         if len(message.channels) == 1:
-            targets: Iterable[Subscription] = self._by_channel.get(
-                message.channels[0], ()
+            targets: tuple[Subscription, ...] = tuple(
+                self._by_channel.get(message.channels[0], ())
             )
         else:
             found: set[Subscription] = set()
             for channel in message.channels:
                 found.update(self._by_channel.get(channel, ()))
-            targets = found
-        for sub in tuple(targets):
-            sub.deliver(message)
+            targets = tuple(found)
+        for start in range(0, len(targets), _SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for sub in targets[start : start + _SLICE]:
+                sub.deliver(message)
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:
