@@ -48,6 +48,7 @@ def free_ports(count: int) -> list[int]:
 
 
 MAX_WORKERS = 16  # ports kept free for the stack's own choice of workers
+API_WORKERS = 1  # the stack's default: workers for the API, after the stream workers
 
 
 @dataclass
@@ -61,8 +62,8 @@ class Stack:
     log_offset: int = 0
 
     def __post_init__(self) -> None:
-        # nginx, redis, then the workers' consecutive ports
-        self.ports = free_ports((self.workers or MAX_WORKERS) + 2)
+        # nginx, redis, then the workers' consecutive ports (streams, then API)
+        self.ports = free_ports((self.workers or MAX_WORKERS) + API_WORKERS + 2)
         self.dir = self.workdir / "stack"
         self.db_path = self.workdir / "scale.sqlite3"
 
