@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group, User
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from notify.broker import forget_broker
+from notify.opening import forget_opener
 from notify.tokens import create_token
 from tests.support.api import Client
 from tests.support.postgres import PostgresCluster, connections_to
@@ -223,6 +224,10 @@ async def close_broker(settings: Any) -> AsyncIterator[None]:
     if broker is not None:
         async with asyncio.timeout(10):
             await broker.aclose()
+    opener = forget_opener()
+    if opener is not None:
+        async with asyncio.timeout(10):
+            await opener.aclose()
 
 
 @pytest.fixture(scope="session")
