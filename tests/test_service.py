@@ -99,3 +99,11 @@ def _assert_prometheus(text: str) -> None:
         "notify_replayed_events_total",
     ):
         assert name in values, name
+
+
+@override_settings(NOTIFY_METRICS_TOKEN="scrape-token")
+async def test_metrics_answers_json_for_any_authorization_value(users):
+    for value in ("Bearer é", "Bearer " + "ü" * 5000, "Basic \x01", "Bearer"):
+        response = await AsyncClient().get("/metrics", headers={"Authorization": value})
+        assert response.status_code == 401, value
+        assert "error" in body(response)

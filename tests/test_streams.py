@@ -369,3 +369,14 @@ async def test_openings_past_the_backlog_are_refused_at_once(tokens, settings):
     first.future.cancel()
     await first.wait(timeout=WAIT)
     await second.wait(timeout=WAIT)
+
+
+async def test_a_cursor_of_thousands_of_digits_is_a_400_naming_it(tokens):
+    scope = http_scope("GET", "/events/", tokens["bob"], last_event_id="9" * 5000)
+    communicator = ApplicationCommunicator(application, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=WAIT)
+    assert start["status"] == 400
+    answer = await communicator.receive_output(timeout=WAIT)
+    assert "Last-Event-ID" in json.loads(answer["body"])["errors"]
+    await communicator.wait(timeout=WAIT)

@@ -64,7 +64,13 @@ def _cursor(request: HttpRequest, errors: dict[str, list[str]]) -> int | None:
     # the URL still carries the cursor of the first connection.
     header = request.META.get("HTTP_LAST_EVENT_ID", "").strip()
     if header:
-        if header.isdigit() and header.isascii() and int(header) <= MAX_ID:
+        # The length first: int() refuses strings of more than 4,300 digits.
+        if (
+            header.isdigit()
+            and header.isascii()
+            and len(header) <= len(str(MAX_ID))
+            and int(header) <= MAX_ID
+        ):
             return int(header)
         errors["Last-Event-ID"] = [f"Must be an integer between 0 and {MAX_ID}."]
         return None

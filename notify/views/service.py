@@ -58,7 +58,8 @@ async def healthz(request: HttpRequest) -> HttpResponse:
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     token = conf.metrics_token
     presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not (token and secrets.compare_digest(presented, token)):
+    # Bytes: compare_digest refuses str with non-ASCII characters.
+    if not (token and secrets.compare_digest(presented.encode(), token.encode())):
         caller = await acaller(request)
         if not caller.authenticated:
             return unauthenticated(bad_token=caller.bad_token)
