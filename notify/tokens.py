@@ -26,7 +26,7 @@ def create_token(
 ) -> tuple[APIToken, str]:
     """Create a token for ``user``; return it with the secret (shown once)."""
     secret = PREFIX + secrets.token_urlsafe(32)
-    name = name or f"{user.get_username()}-{secrets.token_hex(3)}"
+    name = name or f"{user.get_username()[:93]}-{secrets.token_hex(3)}"  # 100 at most
     token = APIToken.objects.create(
         name=name, user=user, key_hash=hash_token(secret), can_publish=can_publish
     )

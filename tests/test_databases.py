@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import AsyncClient
 
 from notify.exceptions import ValidationError
 from notify.models import Notification
 from notify.publish import publish
+from notify.tokens import create_token
 from notify.validation import NUL
 from tests.support.api import body, post_json
 from tests.support.servers import ROOT, wait_for
@@ -191,3 +193,13 @@ async def test_a_session_cookie_with_nul_is_nobody(users, path):
     client.cookies[settings.SESSION_COOKIE_NAME] = "abc\x00defghijkl"
     response = await client.get(path)
     assert response.status_code in (302, 401), response.status_code
+
+
+def test_a_default_token_name_fits_its_column_for_the_longest_username(db):
+    """PostgreSQL enforces varchar lengths (SQLite does not): the default
+    name, "<username>-<6 hex digits>", must fit in 100 characters."""
+    user = User.objects.create(username="u" * 150)
+    token, _ = create_token(user)
+    token.refresh_from_db()
+    assert len(token.name) <= 100
+    assert token.name.startswith("u" * 50)
