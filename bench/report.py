@@ -13,7 +13,9 @@ from typing import Any
 
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
-RSS_TARGET_KIB = 20.0
+RSS_TARGET_KIB = 16.0
+SETUP_TARGET_MS = 1.0
+PUBLISH_TARGET_MS = 2.0
 THROUGHPUT_TARGET = 0.9
 FLAT_AT = 2000
 
@@ -143,8 +145,8 @@ def _metrics(n: int) -> list[Metric]:
             "Stream setup CPU per connection (ms)",
             lambda r: f"{r['setup_cpu_ms_per_stream']:.2f}",
             lambda r: r["setup_cpu_ms_per_stream"],
-            "",
-            None,
+            f"≤ {SETUP_TARGET_MS:g} ms",
+            lambda r, _: r["setup_cpu_ms_per_stream"] <= SETUP_TARGET_MS,
         ),
         (
             "Deliveries per CPU-second of the streaming worker",
@@ -179,10 +181,10 @@ def _metrics(n: int) -> list[Metric]:
         ),
         (
             "Publish request CPU (ms, publishing worker)",
-            lambda r: f"{r['publish_cpu_ms']:.0f}",
+            lambda r: f"{r['publish_cpu_ms']:.1f}",
             None,
-            "",
-            None,
+            f"≤ {PUBLISH_TARGET_MS:g} ms",
+            lambda r, _: r["publish_cpu_ms"] <= PUBLISH_TARGET_MS,
         ),
         ("Broadcast latency p50 / p99 (ms)", latency, None, "", None),
         (
