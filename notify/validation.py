@@ -58,6 +58,13 @@ def _storable(text: str) -> list[str]:
     return []
 
 
+def _in_jsonb_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members in the order PostgreSQL's jsonb keeps them (shorter
+    keys first, then by their UTF-8 bytes), so that ``data`` reads the same
+    live and from the database, on every backend."""
+    return dict(sorted(pairs, key=lambda pair: (len(k := pair[0].encode()), k)))
+
+
 def _strings(value: object) -> list[str]:
     """Every string in a JSON value, keys included (no recursion: the nesting
     depth is bounded only by the size limit)."""
@@ -217,7 +224,7 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
                 elif any("\x00" in text for text in _strings(data)):
                     errors["data"] = [NUL]
                 else:
-                    draft.data = data
+                    draft.data = json.loads(wire, object_pairs_hook=_in_jsonb_order)
 
     expires = payload.get("expires_at")
     if expires is not None:

@@ -11,6 +11,7 @@ backend: ``--database=sqlite`` and ``--database=postgres``).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -203,3 +204,25 @@ def test_a_default_token_name_fits_its_column_for_the_longest_username(db):
     token.refresh_from_db()
     assert len(token.name) <= 100
     assert token.name.startswith("u" * 50)
+
+
+async def test_data_reads_the_same_live_and_from_the_database(admin, close_broker):
+    """jsonb (PostgreSQL) keeps an object's keys in an order of its own; data
+    is put in that order when published, so the publish response (the live
+    event's JSON) and every read from the database agree, on every backend."""
+    data = {"zeta": 1, "a": [{"kk": 1, "k": 2}], "mm": {"y": 1, "b": 2}, "ä": 0, "é": 1}
+    created = body(
+        await post_json(admin, {"audience": "all", "title": "t", "data": data})
+    )
+    inbox = body(await admin.get("/api/notifications"))["results"]
+    poll = body(await admin.get("/events/poll", {"after": 0, "timeout": 0}))["events"]
+    forms = {
+        "published": created["data"],
+        "inbox": inbox[0]["data"],
+        "poll": poll[0]["data"]["data"],
+    }
+    assert {json.dumps(form) for form in forms.values()} == {
+        '{"a": [{"k": 2, "kk": 1}], "mm": {"b": 2, "y": 1}, "\\u00e4": 0, '
+        '"\\u00e9": 1, "zeta": 1}'
+    }, forms
+    assert created["data"] == data
