@@ -154,10 +154,14 @@ def messages_since(after: int, limit: int) -> list[Message]:
     through_g = Notification.groups.through.objects.filter(notification_id__in=ids)
     for nid, gid in through_g.values_list("notification_id", "group_id"):
         groups[nid].append(gid)
+    # A row whose users or groups were all deleted is addressed to nobody
+    # now, but it is still returned (with no channels): the fanout must see
+    # its id, and a batch shorter than ``limit`` must mean "nothing more".
     return [
         wire.message(n, users[n.id], groups[n.id])
-        for n in rows
         if n.audience == Audience.ALL or users[n.id] or groups[n.id]
+        else Message(n.id, (), b"")
+        for n in rows
     ]
 
 

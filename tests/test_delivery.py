@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
 
 from tests.support.servers import auth
 from tests.support.sse import Event, events
@@ -65,3 +68,44 @@ async def test_cross_process_delivery_reaches_every_client_once(
         notes = [e for e in got if e.event == "notification"]
         assert [e.json()["title"] for e in notes] == ["Deploy at 5"], who
         assert [e.id for e in notes] == ["1"], who
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_gap_of_thousands_with_orphan_rows_reaches_open_streams_in_full():
+    """Catching up reads the gap in batches; notifications whose addressees
+    were all deleted are mixed in and must not end it early."""
+    from notify.broker import Subscription
+    from notify.broker.base import Fanout
+    from notify.history import DatabaseHistory
+    from notify.models import Audience, Notification
+
+    def make() -> tuple[int, list[int]]:
+        alice = User.objects.create_user("gap-alice")
+        rows = Notification.objects.bulk_create(
+            Notification(
+                title=f"n{i}", audience=Audience.USER if i % 7 else Audience.ALL
+            )
+            for i in range(3000)
+        )
+        # Every third user-addressed row keeps alice; the others address
+        # nobody any more, as if their users had been deleted.
+        mine = [n for i, n in enumerate(rows) if i % 7 == 0 or i % 3 == 0]
+        through = Notification.users.through
+        through.objects.bulk_create(
+            through(notification_id=n.id, user_id=alice.pk)
+            for i, n in enumerate(rows)
+            if i % 7 and i % 3 == 0
+        )
+        return alice.pk, [n.id for n in mine]
+
+    alice_id, expected = await sync_to_async(make)()
+    fanout = Fanout(DatabaseHistory())
+    fanout.last_id = expected[0] - 1
+    sub = Subscription(frozenset({"all", f"user:{alice_id}"}), 10_000)
+    fanout.add(sub)
+    async with asyncio.timeout(30):
+        await fanout.resync()
+    received = []
+    while (message := sub.get_nowait()) is not None:
+        received.append(message.id)
+    assert received == expected
