@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 
-from tests.support.servers import auth
+from tests.support.servers import RedisServer, UvicornServer, auth, wait_for
 from tests.support.sse import Event, events
 
 
@@ -109,3 +109,80 @@ async def test_a_gap_of_thousands_with_orphan_rows_reaches_open_streams_in_full(
     while (message := sub.get_nowait()) is not None:
         received.append(message.id)
     assert received == expected
+
+
+async def test_a_server_started_while_redis_is_down_serves_then_goes_live(
+    workdir, server_env, tokens
+):
+    """Streams and long polls work from the database while Redis is away
+    (within NOTIFY_RESYNC_SECONDS, 1 s here), and delivery goes live through
+    Redis once it is up, with nothing lost and nothing doubled."""
+    redis = RedisServer(workdir)  # its port, not started yet
+    server = UvicornServer(workdir, server_env | {"REDIS_URL": redis.url}, "no-redis")
+    super(UvicornServer, server).start()  # its own start() waits for a 200
+    ids: list[int] = []
+    arrived = {n: asyncio.Event() for n in range(1, 4)}
+    ready = asyncio.Event()
+
+    async def read() -> None:
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream(
+                "GET", server.url + "/events/", headers=auth(tokens["alice"])
+            ) as response,
+        ):
+            assert response.status_code == 200
+            async for event in events(response):
+                if event.event == "ready":
+                    ready.set()
+                elif event.event == "notification":
+                    ids.append(int(event.id or 0))
+                    arrived[len(ids)].set()
+                    if len(ids) == 3:
+                        return
+
+    try:
+        wait_for(lambda: _answers(server.url), 30, "uvicorn without Redis")
+        reader = asyncio.create_task(read())
+        async with httpx.AsyncClient(timeout=30) as client:
+            async with asyncio.timeout(10):
+                await ready.wait()
+            poll = await client.get(
+                server.url + "/events/poll",
+                params={"after": 0, "timeout": 0},
+                headers=auth(tokens["alice"]),
+            )
+            assert poll.status_code == 200, poll.text
+            first = await _publish(client, server.url, tokens["admin"], "while down")
+            async with asyncio.timeout(5):
+                await arrived[1].wait()
+            redis.start()
+            try:
+                await asyncio.sleep(3)  # the reader connects within its 1 s backoff
+                await _publish(client, server.url, tokens["admin"], "live 1")
+                last = await _publish(client, server.url, tokens["admin"], "live 2")
+                async with asyncio.timeout(5):
+                    await reader
+            finally:
+                redis.stop()
+    finally:
+        server.stop()
+    assert ids == list(range(first, last + 1))
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=2).status_code in (200, 503)
+    except httpx.HTTPError:
+        return False
+
+
+async def _publish(client: httpx.AsyncClient, base: str, token: str, title: str) -> int:
+    response = await client.post(
+        base + "/api/notifications",
+        json={"audience": "all", "title": title},
+        headers=auth(token),
+    )
+    assert response.status_code == 201, response.text
+    created: int = response.json()["id"]
+    return created

@@ -88,6 +88,7 @@ class RedisBroker(Broker):
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._resync_due = False
+        self._next_resync = 0.0
 
     async def _send(self, message: Message) -> None:
         await self._client.publish(self.channel, encode(message))
@@ -102,7 +103,14 @@ class RedisBroker(Broker):
     async def _start(self) -> None:
         # Subscribe before reading the latest id, so nothing published in
         # between is missed; the reader starts only once the id is known.
-        await self._connect()
+        # Redis unreachable now: streams start anyway, fed from the database
+        # every resync_seconds, and the reader connects once Redis is back.
+        try:
+            await self._connect()
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "Redis unavailable at start (%s); delivering from the database", exc
+            )
         await self.fanout.start()
         self._task = asyncio.get_running_loop().create_task(
             self._read_forever(), context=contextvars.Context()
@@ -134,19 +142,15 @@ class RedisBroker(Broker):
 
     async def _read_forever(self) -> None:
         backoff = 0.1
-        next_tick = 0.0
         while True:
             try:
                 if self._pubsub is None:
                     await self._connect()
                     metrics.BROKER_RECONNECTS.inc()
-                    logger.info("reconnected to Redis")
+                    logger.info("connected to Redis")
                     self._resync_due = True
-                now = time.monotonic()
-                if self._resync_due or now >= next_tick:
-                    self._resync_due = False
-                    next_tick = now + self.resync_seconds
-                    await self.fanout.resync()
+                if self._resync_due or time.monotonic() >= self._next_resync:
+                    await self._resync()
                     await self._refresh_presence()
                 raw = await self._pubsub.get_message(timeout=self.resync_seconds)
                 backoff = 0.1
@@ -165,12 +169,28 @@ class RedisBroker(Broker):
                     "Redis unavailable (%s); retrying in %.1fs", exc, backoff
                 )
                 await self._drop_pubsub()
-                await asyncio.sleep(backoff)
+                await self._resync_while_away()
+                await asyncio.sleep(min(backoff, self.resync_seconds))
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except Exception:
                 logger.exception("broker reader failed; retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _resync(self) -> None:
+        self._resync_due = False
+        self._next_resync = time.monotonic() + self.resync_seconds
+        await self.fanout.resync()
+
+    async def _resync_while_away(self) -> None:
+        """While Redis is away, the database is the only way notifications
+        arrive: read it every resync_seconds between connection attempts."""
+        if time.monotonic() < self._next_resync:
+            return
+        try:
+            await self._resync()
+        except Exception:
+            logger.exception("resync from the database failed")
 
     async def _refresh_presence(self) -> None:
         key = f"{self.prefix}presence:{self.instance}"
