@@ -54,6 +54,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--doc", action="store_true", help="rewrite docs' bench:scale block")
     p.add_argument("--max-seconds", type=float, default=3600)
     p.add_argument(
+        "--keep-logs",
+        type=Path,
+        metavar="DIR",
+        help="copy the stack's logs (nginx's, the workers') into DIR at the end",
+    )
+    p.add_argument(
         "--render",
         type=Path,
         help="print (with --doc: publish) a saved result, run nothing",
@@ -138,6 +144,9 @@ async def _run(args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> 
         except (RuntimeError, TimeoutError, OSError) as exc:
             _log(f"stop failed: {exc}")
         stack.kill_leftovers()
+        if args.keep_logs is not None:
+            stack.keep_logs(args.keep_logs)
+            _log(f"logs kept in {args.keep_logs}")
 
 
 async def _main(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -179,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {
         "machine": report.machine_info(),
-        "settings": {k: v for k, v in vars(args).items() if k != "doc"},
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k != "doc"
+        },
         "steps": [],
         "storms": {},
     }

@@ -13,6 +13,7 @@ import asyncio
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,11 @@ from bench import procstat, servers
 ROOT = servers.ROOT
 STACK = ROOT / "scripts" / "stack"
 _STATUS = re.compile(rb'" (\d{3}) ')
+# An error-log line: "2026/11/30 18:11:02 [error] 123#123: *4567 connect() failed
+# (111: Connection refused) while connecting to upstream, client: …". Its kind
+# is the level and the message up to ", client:", without the connection
+# number, which differs per line.
+_ERROR = re.compile(rb"^\S+ \S+ \[(\w+)\] \d+#\d+: (?:\*\d+ )?(.*?)(?:, client: .*)?$")
 
 
 def _free(port: int) -> bool:
@@ -60,6 +66,7 @@ class Stack:
     streams: int
     ports: list[int] = field(default_factory=list)
     log_offset: int = 0
+    error_offset: int = 0
 
     def __post_init__(self) -> None:
         # nginx, redis, then the workers' consecutive ports (streams, then API)
@@ -193,9 +200,44 @@ class Stack:
                 return candidate
         return self.dir / "nginx-access.log"
 
+    def error_log(self) -> Path:
+        return self.dir / "nginx-error.log"
+
     def mark_log(self) -> None:
-        log = self.access_log()
+        log, errors = self.access_log(), self.error_log()
         self.log_offset = log.stat().st_size if log.exists() else 0
+        self.error_offset = errors.stat().st_size if errors.exists() else 0
+
+    def errors_since_mark(self) -> dict[str, int]:
+        """nginx's error-log lines since ``mark_log()``, counted by kind:
+        "[error] connect() failed (111: Connection refused) while connecting
+        to upstream" and the like, the connection number and client left out."""
+        log = self.error_log()
+        if not log.exists():
+            return {}
+        with log.open("rb") as f:
+            f.seek(self.error_offset)
+            data = f.read()
+        counts: dict[str, int] = {}
+        for line in data.splitlines():
+            match = _ERROR.match(line)
+            if match is None:
+                continue
+            level, message = match.groups()
+            kind = f"[{level.decode()}] {message.decode(errors='replace')}"
+            counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def keep_logs(self, into: Path) -> None:
+        """Copy nginx's logs, the workers' logs and stack.log into ``into``."""
+        into.mkdir(parents=True, exist_ok=True)
+        for name in ("nginx-error.log", "nginx-access.log", "nginx.conf"):
+            if (self.dir / name).exists():
+                shutil.copy2(self.dir / name, into / name)
+        if (self.dir / "log").is_dir():
+            shutil.copytree(self.dir / "log", into / "log", dirs_exist_ok=True)
+        if (self.workdir / "stack.log").exists():
+            shutil.copy2(self.workdir / "stack.log", into / "stack.log")
 
     def statuses_since_mark(self) -> dict[str, int]:
         """HTTP statuses nginx logged since ``mark_log()``."""

@@ -92,6 +92,7 @@ async def storm(
             "loadgen_statuses": stats["status"],
             "connect_errors": stats["conn_errors"],
             "nginx_statuses": stack.statuses_since_mark(),
+            "nginx_errors": stack.errors_since_mark(),
             "publish": summary_ms(latencies) | {"failures": failures},
             "probes": prober.result(),
             "streams_per_worker": {
