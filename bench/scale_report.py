@@ -237,7 +237,21 @@ def _storm_rows(storms: R) -> list[str]:
             "Non-200 answers the clients saw",
             [_statuses(x["loadgen_statuses"], 201) for x in s],
         ),
+        row(
+            "nginx error log, most frequent",
+            [_errors(x.get("nginx_errors")) for x in s],
+        ),
     ]
+
+
+def _errors(counts: R | None, top: int = 4) -> str:
+    """The most frequent kinds of error-log line, "count× message"."""
+    if counts is None:
+        return "—"
+    if not counts:
+        return "none"
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return "; ".join(f"{_f(n)}× {kind.replace('|', '/')}" for kind, n in ranked)
 
 
 def render(out: R, raw: Path) -> str:
