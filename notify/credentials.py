@@ -117,7 +117,7 @@ def _session_user_id(request: HttpRequest) -> int | None:
     if not _fast_path_applies():
         return None
     key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
-    if not key:
+    if not key or "\x00" in key:  # no session has NUL in its key
         return 0
     data = _session_query().value(key, timezone.now())
     if data is None:

@@ -65,6 +65,14 @@ class SecurityMiddleware(OnLoopMixin, security.SecurityMiddleware):
 
 
 class SessionMiddleware(OnLoopMixin, sessions.SessionMiddleware):
+    def process_request(self, request: HttpRequest) -> None:
+        key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+        if key is not None and "\x00" in key:
+            # No session has such a key, and PostgreSQL refuses NUL in text:
+            # looking it up would be a database error instead of "nobody".
+            key = None
+        request.session = self.SessionStore(key)
+
     # Creating the session store is lazy; only a save reaches the database.
     def response_needs_thread(
         self, request: HttpRequest, response: HttpResponseBase

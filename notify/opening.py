@@ -90,8 +90,11 @@ def open_stream(
         return identity, None
     user_id = identity.user_id
     viewer = load_viewer(user_id)
-    newest = _NEWEST_VISIBLE.value(user_id, timezone.now(), default=0)
+    # The newest of all first: each read is its own snapshot, and an id
+    # committed between them must be above ``latest`` (then a stream that
+    # sees it dispatched reads the database) or at most ``newest``.
     latest = _LATEST.value(default=0)
+    newest = _NEWEST_VISIBLE.value(user_id, timezone.now(), default=0)
     reset = None
     if cursor is not None and cursor > latest:
         # A restored database, or another deployment's id: start from now.

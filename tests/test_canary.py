@@ -27,6 +27,9 @@ MIRRORED_BY = {
     "django.core.handlers.base.BaseHandler.get_response_async": "notify/asgi.py",
     "django.dispatch.dispatcher.Signal.asend": "notify/asgi.py",
     "django.utils.deprecation.MiddlewareMixin.__acall__": "notify/middleware.py",
+    "django.contrib.sessions.middleware.SessionMiddleware.process_request": (
+        "notify/middleware.py"
+    ),
     "django.contrib.sessions.middleware.SessionMiddleware.process_response": (
         "notify/middleware.py"
     ),
@@ -74,6 +77,7 @@ FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
         "django.contrib.messages.middleware.MessageMiddleware.process_response": "04469c9493c90e26",
         "django.contrib.sessions.backends.db.SessionStore._get_session_from_db": "775c8d22becd60bd",
         "django.contrib.sessions.backends.db.SessionStore.load": "89d644d66ff7dc2d",
+        "django.contrib.sessions.middleware.SessionMiddleware.process_request": "6782d24847e4a926",
         "django.contrib.sessions.middleware.SessionMiddleware.process_response": "fbaf5503c20d7dd0",
         "django.core.handlers.asgi.ASGIHandler.__call__": "f756809e9c9308dc",
         "django.core.handlers.asgi.ASGIHandler.handle": "98faeb5bef800331",

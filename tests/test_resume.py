@@ -132,14 +132,6 @@ async def _reconnecting_client(
     return got
 
 
-@pytest.mark.xfail(
-    reason="notify/opening.py reads the viewer's newest id, then the newest id of "
-    "all, in separate snapshots: an id committed between the two reads, and "
-    "dispatched before the stream subscribes, is neither replayed nor delivered "
-    "live (reading the newest of all first closes it). Seen on PostgreSQL often, "
-    "on SQLite under load",
-    strict=False,
-)
 async def test_reconnecting_clients_on_two_servers_get_every_notification_once_in_order(
     start_server, redis_url, tokens
 ):
