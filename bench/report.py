@@ -43,7 +43,7 @@ def _redis_version() -> str:
 
 def machine_info() -> dict[str, Any]:
     versions = {}
-    for package in ("Django", "uvicorn", "h11", "asgiref", "redis"):
+    for package in ("Django", "uvicorn", "uvloop", "httptools", "asgiref", "redis"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -253,7 +253,7 @@ def render(document: R, raw: Path) -> str:
     lines = [
         f"Run of {info['date']} ({info['duration_s']:.0f} s): {info['nproc']} CPUs "
         f"({info['cpu']}), Linux {info['kernel']}, Python {info['python']}, "
-        f"Django {v['Django']}, uvicorn {v['uvicorn']} (h11 {v['h11']}, asyncio loop), "
+        f"Django {v['Django']}, uvicorn {v['uvicorn']} (uvloop {v['uvloop']}, httptools {v['httptools']}), "
         f"asgiref {v['asgiref']}, redis-py {v['redis']}, redis-server {v['redis-server']}. "
         f"Load average before/after: {info['load_before'][0]:.2f} / {info['load_after'][0]:.2f}. "
         f"{settings['broadcasts']} broadcasts {settings['spacing_s']:g} s apart"

@@ -140,6 +140,7 @@ async def start_uvicorn(
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--lifespan", "off"]
+    argv += ["--loop", "uvloop", "--http", "httptools"]  # uvicorn[standard], as deployed
     argv += ["--timeout-graceful-shutdown", "2", "--no-access-log"]
     child = Child(name, argv, env, workdir / f"{name}-{port}.log")
     url = f"http://127.0.0.1:{port}"
