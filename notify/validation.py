@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +64,16 @@ def _in_jsonb_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys first, then by their UTF-8 bytes), so that ``data`` reads the same
     live and from the database, on every backend."""
     return dict(sorted(pairs, key=lambda pair: (len(k := pair[0].encode()), k)))
+
+
+def _jsonb_number(literal: str) -> float | int:
+    """A JSON number with a fraction or an exponent as jsonb gives it back: an
+    integer when no digit is left after the point once the exponent applies
+    (1e+16 is 10000000000000000), else the same float; no negative zero."""
+    exponent = Decimal(literal).as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= 0:
+        return int(Decimal(literal))
+    return float(literal) + 0.0  # -0.0 + 0.0 is 0.0
 
 
 def _strings(value: object) -> list[str]:
@@ -219,12 +230,20 @@ def validate(payload: object, *, now: datetime | None = None) -> Draft:
             else:
                 if not _unicode(wire):
                     errors["data"] = [NOT_UNICODE]
-                elif len(wire.encode()) > MAX_DATA:
-                    errors["data"] = [f"At most {MAX_DATA} bytes as JSON."]
                 elif any("\x00" in text for text in _strings(data)):
                     errors["data"] = [NUL]
                 else:
-                    draft.data = json.loads(wire, object_pairs_hook=_in_jsonb_order)
+                    # As every backend stores it (jsonb's key order and numbers).
+                    stored = json.loads(
+                        wire,
+                        parse_float=_jsonb_number,
+                        object_pairs_hook=_in_jsonb_order,
+                    )
+                    wire = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+                    if len(wire.encode()) > MAX_DATA:
+                        errors["data"] = [f"At most {MAX_DATA} bytes as JSON."]
+                    else:
+                        draft.data = stored
 
     expires = payload.get("expires_at")
     if expires is not None:
