@@ -54,6 +54,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--doc", action="store_true", help="rewrite docs' bench:scale block")
     p.add_argument("--max-seconds", type=float, default=3600)
     p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NOTIFY_NAME=VALUE",
+        help="a setting for the workers (repeatable), e.g. NOTIFY_OPEN_BACKLOG=100",
+    )
+    p.add_argument(
         "--keep-logs",
         type=Path,
         metavar="DIR",
@@ -69,6 +76,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.steps, args.broadcasts, args.interval = "2000", 3, 2.0
         args.rate_seconds, args.storms = 3.0, True
         args.workers = args.workers or 2
+    for setting in args.worker_env:
+        name, equals, _ = setting.partition("=")
+        if not (equals and name.startswith("NOTIFY_")):
+            p.error(f"--worker-env takes NOTIFY_NAME=VALUE, not {setting!r}")
     args.counts = sorted({int(n) for n in args.steps.split(",") if n.strip()})
     if not args.counts or args.counts[0] < 10:
         p.error("--steps must be at least 10")
@@ -82,6 +93,7 @@ def _log(message: str) -> None:
 async def _run(args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> None:
     top = args.counts[-1]
     stack = Stack(workdir, args.workers, top)
+    stack.worker_env = dict(s.split("=", 1) for s in args.worker_env)
     settings = Settings(
         broadcasts=args.broadcasts,
         interval=args.interval,

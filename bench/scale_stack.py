@@ -67,6 +67,9 @@ class Stack:
     ports: list[int] = field(default_factory=list)
     log_offset: int = 0
     error_offset: int = 0
+    # more NOTIFY_* settings for the workers (--worker-env), e.g. a smaller
+    # NOTIFY_OPEN_BACKLOG to give a small run a big run's busy workers
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # nginx, redis, then the workers' consecutive ports (streams, then API)
@@ -104,7 +107,7 @@ class Stack:
             "NOTIFY_STACK_REDIS_PORT": str(self.ports[1]),
             "NOTIFY_STACK_WORKER_PORT": str(self.ports[2]),
             "NOTIFY_STACK_STREAMS": str(self.streams),
-        }
+        } | self.worker_env
 
     def run(self, command: str, timeout: float = 240) -> None:
         """``scripts/stack COMMAND``, its output appended to stack.log."""
