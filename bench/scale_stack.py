@@ -95,19 +95,23 @@ class Stack:
         }
         if self.workers is not None:
             env["NOTIFY_STACK_WORKERS"] = str(self.workers)
-        return env | {
-            "PYTHONUNBUFFERED": "1",
-            "DJANGO_SETTINGS_MODULE": "project.settings",
-            "SECRET_KEY": "scale-" + "k" * 50,
-            "DATABASE_URL": f"sqlite:///{self.db_path}",
-            "STATIC_ROOT": str(self.workdir / "static"),
-            "NOTIFY_PUBLISH_RATE": "1000/s",
-            "NOTIFY_STACK_DIR": str(self.dir),
-            "NOTIFY_STACK_PORT": str(self.port),
-            "NOTIFY_STACK_REDIS_PORT": str(self.ports[1]),
-            "NOTIFY_STACK_WORKER_PORT": str(self.ports[2]),
-            "NOTIFY_STACK_STREAMS": str(self.streams),
-        } | self.worker_env
+        return (
+            env
+            | {
+                "PYTHONUNBUFFERED": "1",
+                "DJANGO_SETTINGS_MODULE": "project.settings",
+                "SECRET_KEY": "scale-" + "k" * 50,
+                "DATABASE_URL": f"sqlite:///{self.db_path}",
+                "STATIC_ROOT": str(self.workdir / "static"),
+                "NOTIFY_PUBLISH_RATE": "1000/s",
+                "NOTIFY_STACK_DIR": str(self.dir),
+                "NOTIFY_STACK_PORT": str(self.port),
+                "NOTIFY_STACK_REDIS_PORT": str(self.ports[1]),
+                "NOTIFY_STACK_WORKER_PORT": str(self.ports[2]),
+                "NOTIFY_STACK_STREAMS": str(self.streams),
+            }
+            | self.worker_env
+        )
 
     def run(self, command: str, timeout: float = 240) -> None:
         """``scripts/stack COMMAND``, its output appended to stack.log."""
