@@ -45,6 +45,8 @@ from django.urls import get_script_prefix as get_current_script_prefix
 from django.urls import get_urlconf, set_script_prefix, set_urlconf
 from django.utils.log import log_response
 
+from notify.broker import is_serving, serving
+
 
 class _DisconnectWatcher:
     """Cancels ``task`` when the client disconnects, until stopped."""
@@ -144,6 +146,8 @@ class ThreadPoolASGIHandler(ASGIHandler):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP, not {scope['type']}.")
+        if not is_serving():
+            serving()
         executor = _RequestExecutor(next(self._next))
         async with ThreadSensitiveContext(executor=executor):
             await self.handle(scope, receive, send, executor)

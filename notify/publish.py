@@ -28,7 +28,14 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from notify import history, metrics, wire
-from notify.broker import Broker, Message, forget_broker, get_broker, has_broker
+from notify.broker import (
+    Broker,
+    Message,
+    forget_broker,
+    get_broker,
+    has_broker,
+    is_serving,
+)
 from notify.conf import conf
 from notify.exceptions import RateLimitedError, ValidationError
 from notify.models import Audience, Notification
@@ -166,7 +173,7 @@ async def send(
     unreachable: for notifications, the servers' resync delivers it later."""
     if count:
         metrics.PUBLISHED.inc()
-    temporary = broker is None and not has_broker()
+    temporary = broker is None and not has_broker() and not is_serving()
     broker = broker or get_broker()
     try:
         await broker.publish(message)

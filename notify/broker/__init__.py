@@ -24,6 +24,8 @@ __all__ = [
     "Subscription",
     "get_broker",
     "has_broker",
+    "is_serving",
+    "serving",
     "make_broker",
     "reset_brokers",
 ]
@@ -33,6 +35,18 @@ DEFAULT_HISTORY = "notify.history.DatabaseHistory"
 _brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broker] = (
     weakref.WeakKeyDictionary()
 )
+_server_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def serving() -> None:
+    """Mark the running loop as a server's: it lives as long as the process,
+    so publishing from it keeps one broker (and its Redis connections) rather
+    than one per call, as a shell or a worker's short-lived loop does."""
+    _server_loops.add(asyncio.get_running_loop())
+
+
+def is_serving() -> bool:
+    return asyncio.get_running_loop() in _server_loops
 
 
 def make_broker(config: dict[str, Any] | None = None) -> Broker:
