@@ -26,6 +26,7 @@ MIRRORED_BY = {
     "django.core.handlers.asgi.ASGIHandler.send_response": "notify/asgi.py",
     "django.core.handlers.base.BaseHandler.get_response_async": "notify/asgi.py",
     "django.dispatch.dispatcher.Signal.asend": "notify/asgi.py",
+    "django.http.response.HttpResponseBase.close": "notify/views/events.py",
     "django.utils.deprecation.MiddlewareMixin.__acall__": "notify/middleware.py",
     "django.contrib.sessions.middleware.SessionMiddleware.process_request": (
         "notify/middleware.py"
@@ -84,6 +85,7 @@ FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
         "django.core.handlers.asgi.ASGIHandler.read_body": "cf4aa904631d5410",
         "django.core.handlers.base.BaseHandler.get_response_async": "ad82c920df0cebbb",
         "django.core.handlers.asgi.ASGIHandler.send_response": "77eda2b08689b44e",
+        "django.http.response.HttpResponseBase.close": "84589f5b23acbb23",
         "django.dispatch.dispatcher.Signal.asend": "b27a0e4474a61569",
         "django.middleware.csrf.CsrfViewMiddleware.process_request": "9aec8dfd81c88a56",
         "django.middleware.csrf.CsrfViewMiddleware.process_response": "9fe1054c0f64b37f",

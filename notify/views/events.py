@@ -6,8 +6,6 @@ import random
 from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
-from django.http.cookie import SimpleCookie
-from django.http.response import ResponseHeaders
 from django.views.decorators.csrf import csrf_exempt
 
 from notify.history import aload_viewer
@@ -51,9 +49,17 @@ class EventStreamResponse(StreamingHttpResponse):
         request, self._request = self._request, None
         if request is not None:
             vars(request).clear()
-        self.headers = ResponseHeaders({})
-        self.cookies = SimpleCookie()
-        return self._body
+        body = self._body
+        # Of its own state the response keeps what close() uses, nothing more.
+        state = vars(self)
+        kept = {name: state[name] for name in _KEPT if name in state}
+        state.clear()
+        state.update(kept)
+        return body
+
+
+# What HttpResponseBase.close() reads (tests/test_canary.py guards it).
+_KEPT = ("_resource_closers", "closed", "_handler_class", "status_code")
 
 
 POLL_DEFAULT, POLL_MAX = 25.0, 55.0
