@@ -8,7 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import HttpRequest
 
 from notify.models import APIToken
-from notify.tokens import abearer
+from notify.tokens import abearer, bearer
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,16 @@ async def acaller(request: HttpRequest) -> Caller:
             return Caller(AnonymousUser(), bad_token=True)
         return Caller(bearer.token.user, bearer.token)
     return Caller(await request.auser())
+
+
+def caller(request: HttpRequest) -> Caller:
+    """:func:`acaller` for synchronous code (a request's worker thread)."""
+    found = bearer(request)
+    if found.present:
+        if found.token is None:
+            return Caller(AnonymousUser(), bad_token=True)
+        return Caller(found.token.user, found.token)
+    return Caller(request.user)
 
 
 def can_publish(caller: Caller) -> bool:

@@ -72,16 +72,21 @@ _SENT_SINCE = Prepared(
     ),
     [int, datetime],
 )
-_ACTIVE_USERS = Prepared(
-    lambda: (
-        get_user_model()
-        ._default_manager.filter(is_active=True)
-        .values("is_active")
-        .annotate(n=Count("pk"))
-        .values_list("n")
-    ),
-    [],
-)
+
+
+def _active_users() -> int:
+    """Active users, for ``recipients`` of a notification to all: a plain
+    ``COUNT(*)`` (the ORM's ``count()`` costs more to build than this costs to
+    run on SQLite; a grouped count, which a Prepared could hold, runs three
+    times slower)."""
+    model = get_user_model()
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    active = quote(str(model._meta.get_field("is_active").column))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE {active}")
+        row = cursor.fetchone()
+    return int(row[0])
 
 
 def _check_rate(sender: User, now: datetime) -> None:
@@ -119,7 +124,7 @@ def _resolve(draft: Draft) -> tuple[list[int], list[int], int]:
         group_ids = list(found.values())
         count = users.filter(groups__in=group_ids, is_active=True).distinct().count()
         return [], group_ids, count
-    return [], [], _ACTIVE_USERS.value(default=0)
+    return [], [], _active_users()
 
 
 def persist(draft: Draft, sender: User | None = None) -> Published:

@@ -7,13 +7,13 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from notify import inbox, wire
+from notify import inbox, permissions, wire
 from notify.exceptions import RateLimitedError, ValidationError
 from notify.permissions import Caller, can_publish
-from notify.publish import persist, send
+from notify.publish import Published, persist, send
 from notify.validation import validate
 from notify.views.http import (
     MAX_ID,
@@ -24,6 +24,7 @@ from notify.views.http import (
     int_param,
     json_response,
     methods,
+    unauthenticated,
 )
 
 MAX_BODY = 64 * 1024
@@ -59,7 +60,12 @@ def _json_body(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
         return None, error(400, "malformed JSON: nested too deeply")
 
 
-async def _publish(request: HttpRequest, caller: Caller) -> HttpResponse:
+def _publish_sync(request: HttpRequest) -> HttpResponse | Published:
+    """Everything of a publish up to the commit, in one trip to the request's
+    thread: authentication, permission, CSRF, the body, validation, persist."""
+    caller = permissions.caller(request)
+    if not caller.authenticated:
+        return unauthenticated(bad_token=caller.bad_token)
     if not can_publish(caller):
         return error(403, "this account may not publish notifications")
     if rejected := csrf_rejected(request, caller):
@@ -68,14 +74,19 @@ async def _publish(request: HttpRequest, caller: Caller) -> HttpResponse:
     if problem is not None:
         return problem
     try:
-        draft = validate(payload)
-        published = await sync_to_async(persist)(draft, caller.user)  # type: ignore[arg-type]
+        return persist(validate(payload), caller.user)  # type: ignore[arg-type]
     except ValidationError as exc:
         return field_errors(exc.errors)
     except RateLimitedError as exc:
         return error(429, str(exc), Retry_After=str(exc.retry_after))
-    await send(published.message)
-    n = published.notification
+
+
+async def _publish(request: HttpRequest) -> HttpResponse:
+    outcome = await sync_to_async(_publish_sync)(request)
+    if isinstance(outcome, HttpResponse):
+        return outcome
+    await send(outcome.message)
+    n = outcome.notification
     return json_response({**wire.to_wire(n), "recipients": n.recipients}, status=201)
 
 
@@ -101,10 +112,14 @@ async def _list(request: HttpRequest, caller: Caller) -> HttpResponse:
 
 @csrf_exempt
 @methods("GET", "POST")
-@authenticated
-async def notifications(request: HttpRequest, caller: Caller) -> HttpResponse:
+async def notifications(request: HttpRequest) -> HttpResponseBase:
     if request.method == "POST":
-        return await _publish(request, caller)
+        return await _publish(request)
+    return await _list_authenticated(request)
+
+
+@authenticated
+async def _list_authenticated(request: HttpRequest, caller: Caller) -> HttpResponse:
     return await _list(request, caller)
 
 
