@@ -27,10 +27,8 @@ import asyncio
 import gc
 import io
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import aclosing
-from functools import partial
 from typing import Any
 
 import django
@@ -39,7 +37,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.dispatch.dispatcher import NO_RECEIVERS, Signal
+from django.dispatch.dispatcher import NO_RECEIVERS
 from django.http import HttpResponseBase
 from django.urls import get_script_prefix as get_current_script_prefix
 from django.urls import get_urlconf, set_script_prefix, set_urlconf
@@ -50,6 +48,8 @@ from notify.broker import is_serving, serving
 
 class _DisconnectWatcher:
     """Cancels ``task`` when the client disconnects, until stopped."""
+
+    __slots__ = ("fired", "_stopped", "_target", "_task")
 
     def __init__(self, receive: Any, task: asyncio.Task[Any]) -> None:
         self.fired = False
@@ -78,19 +78,22 @@ class _RequestExecutor(Executor):
     connections). Sending the signal as Django does costs the request a trip
     to its thread of its own before the view runs, about a quarter of the CPU
     of opening a stream (docs/PERFORMANCE.md). Here those receivers run on the
-    same thread, in the same order, at the start of the request's first
-    synchronous call instead: before any of its database work, and at the
-    latest when the response is closed.
+    same thread, in the same order, as a work item queued just ahead of the
+    request's first synchronous call instead: before any of its database
+    work, and at the latest when the response is closed. (The receivers are
+    looked up then, not when the request started.)
     """
 
     __slots__ = ("_executor", "_pending")
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
-        self._pending: Callable[[], object] | None = None
+        # (sender, scope) of a request_started whose sync receivers are due:
+        # a stream keeps this for hours, so no closure, just the two.
+        self._pending: tuple[type, Any] | None = None
 
-    def defer(self, work: Callable[[], object]) -> None:
-        self._pending = work
+    def defer_started(self, sender: type, scope: Any) -> None:
+        self._pending = (sender, scope)
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
         pending, self._pending = self._pending, None
@@ -99,7 +102,7 @@ class _RequestExecutor(Executor):
         # A work item of its own, ahead of ``fn`` on the same single thread:
         # if the caller is cancelled before ``fn`` starts, the receivers still
         # run. Their failure is the call's failure, as with Django's asend().
-        started = self._executor.submit(pending)
+        started = self._executor.submit(_send_started_sync, *pending)
         return self._executor.submit(_after, started, fn, args, kwargs)
 
 
@@ -108,8 +111,9 @@ def _after(started: Future[Any], fn: Any, args: Any, kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
-def _send_sync(signal: Signal, receivers: list[Any], sender: type, scope: Any) -> None:
-    for receiver in receivers:
+def _send_started_sync(sender: type, scope: Any) -> None:
+    signal = signals.request_started
+    for receiver in signal._live_receivers(sender)[0]:
         receiver(signal=signal, sender=sender, scope=scope)
 
 
@@ -127,7 +131,7 @@ async def send_request_started(
         return
     sync_receivers, async_receivers = signal._live_receivers(sender)
     if sync_receivers:
-        executor.defer(partial(_send_sync, signal, sync_receivers, sender, scope))
+        executor.defer_started(sender, scope)
     if async_receivers:
         await asyncio.gather(
             *(r(signal=signal, sender=sender, scope=scope) for r in async_receivers)
@@ -216,7 +220,40 @@ class ThreadPoolASGIHandler(ASGIHandler):
         try:
             response = await self.run_get_response(request)
             del request  # a stream may stay open for hours
-            await self.send_response(response, send)
+            if not response.streaming:
+                await self.send_response(response, send)
+            else:
+                # Django's send_response for a streamed body, here in this
+                # frame rather than in a coroutine of its own that a stream
+                # would keep for hours.
+                body_file.close()  # read already
+                await send(_start_message(response))
+                limit = self.chunk_size
+                content: AsyncIterator[bytes] = aiter(response)  # type: ignore[arg-type]
+                try:
+                    async for part in content:
+                        if len(part) <= limit:
+                            await send(
+                                {
+                                    "type": "http.response.body",
+                                    "body": part,
+                                    "more_body": True,
+                                }
+                            )
+                            continue
+                        for chunk, _ in self.chunk_bytes(part):
+                            await send(
+                                {
+                                    "type": "http.response.body",
+                                    "body": chunk,
+                                    "more_body": True,
+                                }
+                            )
+                finally:
+                    aclose = getattr(content, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                await send({"type": "http.response.body"})
         except asyncio.CancelledError:
             # The client left; or, once there is a response, something ended
             # it on purpose (a stream too far behind, a server shutting down):
@@ -233,34 +270,22 @@ class ThreadPoolASGIHandler(ASGIHandler):
             await sync_to_async(response.close)()
         body_file.close()
 
-    async def send_response(self, response: Any, send: Any) -> None:
-        if not response.streaming:
-            await super().send_response(response, send)
-            return
-        headers = [
-            (header.encode("ascii"), value.encode("latin1"))
-            for header, value in response.items()
-        ]
-        headers.extend(
-            (b"Set-Cookie", c.output(header="").encode("ascii").strip())
-            for c in response.cookies.values()
-        )
-        start = {"type": "http.response.start", "status": response.status_code}
-        await send({**start, "headers": headers})
-        del headers, start
-        limit = self.chunk_size
-        async with aclosing(aiter(response)) as content:
-            async for part in content:
-                if len(part) <= limit:
-                    await send(
-                        {"type": "http.response.body", "body": part, "more_body": True}
-                    )
-                    continue
-                for chunk, _ in self.chunk_bytes(part):
-                    await send(
-                        {"type": "http.response.body", "body": chunk, "more_body": True}
-                    )
-        await send({"type": "http.response.body"})
+
+def _start_message(response: HttpResponseBase) -> dict[str, Any]:
+    """The ``http.response.start`` message, headers encoded as Django does."""
+    headers = [
+        (header.encode("ascii"), value.encode("latin1"))
+        for header, value in response.items()
+    ]
+    headers.extend(
+        (b"Set-Cookie", c.output(header="").encode("ascii").strip())
+        for c in response.cookies.values()
+    )
+    return {
+        "type": "http.response.start",
+        "status": response.status_code,
+        "headers": headers,
+    }
 
 
 # Fan-out to thousands of streams allocates many short-lived objects per

@@ -49,6 +49,8 @@ class _Heartbeat:
     stream's own queue, so one generator still does all the writing.
     """
 
+    __slots__ = ("_loop", "_sub", "_seconds", "last_output", "_timer")
+
     def __init__(self, sub: Subscription, seconds: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._sub = sub
