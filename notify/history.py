@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.db import close_old_connections, transaction
-from django.db.models import Max, Q, QuerySet
+from django.db.models import DateTimeField, Max, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from notify import wire
@@ -60,8 +61,25 @@ def visible(user_id: int, now: datetime | None = None) -> QuerySet[Notification]
         | Q(audience=Audience.USER, id__in=to_user.values("notification_id"))
         | Q(audience=Audience.GROUP, id__in=to_group.values("notification_id"))
     )
-    alive = Q(expires_at__isnull=True) | Q(expires_at__gt=now)
-    return Notification.objects.filter(addressed & alive)
+    return unexpired(Notification.objects.all(), now).filter(addressed)
+
+
+# After every real expiry: "never expires" compared as a date.
+_NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def unexpired(
+    notifications: QuerySet[Notification], now: datetime
+) -> QuerySet[Notification]:
+    """Those not expired at ``now``. Written as one comparison on an
+    expression, not "no expiry OR expiry after now": for that OR, SQLite reads
+    every unexpired row through the expiry index and sorts them, so finding
+    the newest, or the next few after a cursor, took time in proportion to
+    the whole table (5.5 ms at 16,000 notifications) instead of walking the
+    primary key from the right end."""
+    return notifications.alias(
+        _expires=Coalesce("expires_at", Value(_NEVER, output_field=DateTimeField()))
+    ).filter(_expires__gt=now)
 
 
 def read_up_to(user_id: int) -> int:
@@ -141,9 +159,9 @@ def stream_start(user_id: int, cursor: int | None) -> StreamStart:
 
 def messages_since(after: int, limit: int) -> list[Message]:
     rows = list(
-        Notification.objects.filter(id__gt=after)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
-        .order_by("id")[:limit]
+        unexpired(Notification.objects.filter(id__gt=after), timezone.now()).order_by(
+            "id"
+        )[:limit]
     )
     ids = [n.id for n in rows]
     users: dict[int, list[int]] = defaultdict(list)
