@@ -128,7 +128,9 @@ async def _run(
         db_path = workdir / "bench.sqlite3"
         env = notify_env(db_path, redis_url)
         _log(f"database: migrate and {max(args.counts)} users with tokens")
-        seeded = await asyncio.to_thread(_prepare_database, env, max(args.counts), args.auth)
+        seeded = await asyncio.to_thread(
+            _prepare_database, env, max(args.counts), args.auth
+        )
         targets = {
             "reference": Target(
                 "reference",

@@ -140,7 +140,8 @@ async def start_uvicorn(
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--lifespan", "off"]
-    argv += ["--loop", "uvloop", "--http", "httptools"]  # uvicorn[standard], as deployed
+    # uvicorn[standard] (uvloop and httptools), as deployed
+    argv += ["--loop", "uvloop", "--http", "httptools"]
     argv += ["--timeout-graceful-shutdown", "2", "--no-access-log"]
     child = Child(name, argv, env, workdir / f"{name}-{port}.log")
     url = f"http://127.0.0.1:{port}"

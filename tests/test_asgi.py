@@ -4,14 +4,14 @@ client leaving, request bodies in memory, streamed parts sent as they come."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.core import signals
-from django.http import StreamingHttpResponse
 
 from notify.broker import get_broker
 from notify.models import Notification
@@ -93,23 +93,21 @@ async def test_cancelling_an_open_stream_ends_it_quietly(tokens):
     assert get_broker().fanout.subscriptions == set()
 
 
-async def test_streamed_parts_are_sent_whole_up_to_the_chunk_size():
+async def test_streamed_parts_are_sent_whole_up_to_the_chunk_size(settings):
+    settings.ROOT_URLCONF = "tests.support.streaming_urls"
     size = application.chunk_size
-
-    async def parts() -> AsyncIterator[bytes]:
-        yield b"a" * 10
-        yield b"b" * size
-        yield b"c" * (2 * size + 5)
-
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    response = StreamingHttpResponse(parts(), content_type="text/plain")
-    response.set_cookie("flavour", "plain")
-    await application.send_response(response, send)
-    start, *body = sent
+    communicator = ApplicationCommunicator(
+        application, http_scope("GET", "/parts", "none")
+    )
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=WAIT)
+    body = []
+    while True:
+        message = await communicator.receive_output(timeout=WAIT)
+        body.append(message)
+        if not message.get("more_body"):
+            break
+    await communicator.wait(timeout=WAIT)
     assert start["status"] == 200
     assert (b"Content-Type", b"text/plain") in start["headers"]
     assert any(
@@ -132,12 +130,9 @@ async def test_a_body_over_the_memory_limit_is_spooled_and_still_answered(
     assert "title" in json.loads(body)["errors"]
 
 
-@pytest.mark.parametrize("path", ["/events/", "/api/notifications"])
-async def test_request_started_receivers_run_once_on_the_requests_thread(tokens, path):
-    """Sync receivers of ``request_started`` run once per request, on the
-    request's worker thread: at its first call there (for the API, before the
-    response), or when the response closes (a stream opens on the opener's
-    thread and does no work on its own)."""
+@contextlib.contextmanager
+def _threads_running_request_started() -> Iterator[list[str]]:
+    """The names of the threads request_started's sync receivers ran on."""
     seen: list[str] = []
 
     def receiver(**kwargs: Any) -> None:
@@ -145,6 +140,18 @@ async def test_request_started_receivers_run_once_on_the_requests_thread(tokens,
 
     signals.request_started.connect(receiver, dispatch_uid="test-started")
     try:
+        yield seen
+    finally:
+        signals.request_started.disconnect(dispatch_uid="test-started")
+
+
+@pytest.mark.parametrize("path", ["/events/", "/api/notifications"])
+async def test_request_started_receivers_run_once_on_the_requests_thread(tokens, path):
+    """Sync receivers of ``request_started`` run once per request, on the
+    request's worker thread: at its first call there (for the API, before the
+    response), or when the response closes (a stream opens on the opener's
+    thread and does no work on its own)."""
+    with _threads_running_request_started() as seen:
         communicator = ApplicationCommunicator(
             application, http_scope("GET", path, tokens["bob"])
         )
@@ -155,8 +162,6 @@ async def test_request_started_receivers_run_once_on_the_requests_thread(tokens,
             assert len(seen) == 1
         communicator.future.cancel()
         await communicator.wait(timeout=WAIT)
-    finally:
-        signals.request_started.disconnect(dispatch_uid="test-started")
     assert len(seen) == 1
     assert seen[0].startswith("notify-sync-")
 
@@ -165,20 +170,12 @@ async def test_request_started_receivers_run_once_on_the_requests_thread(tokens,
 async def test_request_started_receivers_run_for_a_request_without_sync_work():
     """A view that never leaves the event loop: the deferred receivers still
     run, when the response is closed."""
-    seen: list[str] = []
-
-    def receiver(**kwargs: Any) -> None:
-        seen.append(threading.current_thread().name)
-
-    signals.request_started.connect(receiver, dispatch_uid="test-started")
-    try:
+    with _threads_running_request_started() as seen:
         communicator = ApplicationCommunicator(
             application, http_scope("GET", "/no-such-page/", "none")
         )
         await communicator.send_input({"type": "http.request", "body": b""})
         status, _ = await _response(communicator)
         await communicator.wait(timeout=WAIT)
-    finally:
-        signals.request_started.disconnect(dispatch_uid="test-started")
     assert status == 404
     assert len(seen) == 1 and seen[0].startswith("notify-sync-")
