@@ -9,5 +9,9 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("", include("notify.urls")),
 ]
 
+# Errors answer JSON, never an HTML page; a database that is busy or gone is a
+# 503 with Retry-After.
+handler500 = "notify.views.http.server_error"
+
 if settings.DEBUG:
     urlpatterns += staticfiles_urlpatterns()

@@ -93,6 +93,7 @@ async def test_cancelling_an_open_stream_ends_it_quietly(tokens):
     assert get_broker().fanout.subscriptions == set()
 
 
+@pytest.mark.django_db  # closing the response runs request_started's receivers
 async def test_streamed_parts_are_sent_whole_up_to_the_chunk_size(settings):
     settings.ROOT_URLCONF = "tests.support.streaming_urls"
     size = application.chunk_size

@@ -107,3 +107,33 @@ async def test_metrics_answers_json_for_any_authorization_value(users):
         response = await AsyncClient().get("/metrics", headers={"Authorization": value})
         assert response.status_code == 401, value
         assert "error" in body(response)
+
+
+async def test_a_database_that_is_gone_is_a_json_503_on_every_endpoint(
+    workdir, server_env, tokens
+):
+    gone = f"sqlite:///{workdir / 'no-such-directory' / 'db.sqlite3'}"
+    server = UvicornServer(workdir, server_env | {"DATABASE_URL": gone}, "no-db")
+    super(UvicornServer, server).start()  # its own start() waits for a 200
+    try:
+        wait_for(lambda: _answers(server.url), 30, "uvicorn without its database")
+        async with httpx.AsyncClient(timeout=10) as client:
+            for method, path in [
+                ("GET", "/events/"),
+                ("GET", "/events/poll?timeout=0"),
+                ("GET", "/api/notifications"),
+                ("POST", "/api/notifications"),
+                ("POST", "/api/notifications/read-all"),
+            ]:
+                response = await client.request(
+                    method,
+                    server.url + path,
+                    headers={"Authorization": f"Bearer {tokens['admin']}"},
+                    json={"audience": "all", "title": "t"},
+                )
+                assert response.status_code == 503, (path, response.text)
+                assert response.headers["Content-Type"] == "application/json"
+                assert response.headers["Retry-After"] == "5"
+                assert "database" in response.json()["error"], path
+    finally:
+        server.stop()

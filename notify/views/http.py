@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Coroutine, Iterable
 from functools import wraps
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
@@ -29,6 +31,16 @@ def error(status: int, message: str, **headers: str) -> JsonResponse:
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
     return response
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    """A ``handler500`` that answers JSON: 503 with ``Retry-After`` when the
+    database is busy or unreachable (a lock held past its timeout, a dropped
+    connection), which passes; 500 for anything else. Django calls it while
+    the exception is being handled, so ``sys.exc_info()`` names it."""
+    if isinstance(sys.exc_info()[1], OperationalError | InterfaceError):
+        return error(503, "the database is busy or unavailable; retry", Retry_After="5")
+    return error(500, "internal error")
 
 
 def field_errors(errors: dict[str, list[str]], status: int = 400) -> JsonResponse:
