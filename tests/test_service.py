@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 from django.test import AsyncClient, override_settings
@@ -31,12 +34,24 @@ def _unused_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_healthz_is_503_when_redis_is_down(workdir, server_env, transactional_db):
-    dead = f"redis://127.0.0.1:{_unused_port()}/0"
-    server = UvicornServer(workdir, server_env | {"REDIS_URL": dead}, "no-redis")
+@contextlib.contextmanager
+def _unhealthy_server(
+    workdir: Path, env: dict[str, str], name: str
+) -> Iterator[UvicornServer]:
+    """A uvicorn server whose /healthz is expected to say 503."""
+    server = UvicornServer(workdir, env, name)
     super(UvicornServer, server).start()  # its own start() waits for a 200
     try:
-        wait_for(lambda: _answers(server.url), 30, "uvicorn without Redis")
+        wait_for(lambda: _answers(server.url), 30, f"uvicorn ({name})")
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_healthz_is_503_when_redis_is_down(workdir, server_env, transactional_db):
+    dead = f"redis://127.0.0.1:{_unused_port()}/0"
+    env = server_env | {"REDIS_URL": dead}
+    with _unhealthy_server(workdir, env, "no-redis") as server:
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.get(server.url + "/healthz")
         assert response.status_code == 503
@@ -44,8 +59,6 @@ async def test_healthz_is_503_when_redis_is_down(workdir, server_env, transactio
         assert got["status"] != "ok"
         assert got["broker"] == "redis"
         assert got["database"] == "ok"
-    finally:
-        server.stop()
 
 
 def _answers(url: str) -> bool:
@@ -113,10 +126,8 @@ async def test_a_database_that_is_gone_is_a_json_503_on_every_endpoint(
     workdir, server_env, tokens
 ):
     gone = f"sqlite:///{workdir / 'no-such-directory' / 'db.sqlite3'}"
-    server = UvicornServer(workdir, server_env | {"DATABASE_URL": gone}, "no-db")
-    super(UvicornServer, server).start()  # its own start() waits for a 200
-    try:
-        wait_for(lambda: _answers(server.url), 30, "uvicorn without its database")
+    env = server_env | {"DATABASE_URL": gone}
+    with _unhealthy_server(workdir, env, "no-db") as server:
         async with httpx.AsyncClient(timeout=10) as client:
             for method, path in [
                 ("GET", "/events/"),
@@ -135,5 +146,3 @@ async def test_a_database_that_is_gone_is_a_json_503_on_every_endpoint(
                 assert response.headers["Content-Type"] == "application/json"
                 assert response.headers["Retry-After"] == "5"
                 assert "database" in response.json()["error"], path
-    finally:
-        server.stop()
