@@ -35,7 +35,7 @@ from django.utils.crypto import constant_time_compare
 
 from notify.models import APIToken
 from notify.prepared import Prepared
-from notify.tokens import hash_token
+from notify.tokens import bearer_secret, hash_token
 
 DB_SESSIONS = "django.contrib.sessions.backends.db"
 
@@ -60,10 +60,8 @@ _TOKEN_USER = Prepared(
 def identify(request: HttpRequest) -> Identity:
     """Bearer token first; otherwise the session. An invalid token never
     falls back to the session (the same rule as ``permissions.acaller``)."""
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() == "bearer":
-        secret = secret.strip()
+    secret = bearer_secret(request)
+    if secret is not None:
         user_id = _TOKEN_USER.value(hash_token(secret), default=0) if secret else 0
         return Identity(int(user_id), by_token=True, bad_token=not user_id)
     fast = _session_user_id(request)

@@ -46,14 +46,20 @@ _TOKEN = Prepared(
 _USER = Prepared(lambda pk: get_user_model()._default_manager.filter(pk=pk), [int])
 
 
+def bearer_secret(request: HttpRequest) -> str | None:
+    """The secret of ``Authorization: Bearer <secret>`` ("" when empty), or
+    None when the request sent no bearer token."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, secret = header.partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else None
+
+
 def bearer(request: HttpRequest) -> Bearer:
     """The request's bearer token, if it sent one and it is valid, with its
     user (queries compiled once: every API call asks this)."""
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer":
+    secret = bearer_secret(request)
+    if secret is None:
         return Bearer(False, None)
-    secret = secret.strip()
     if not secret:
         return Bearer(True, None)
     tokens = _TOKEN.instances(hash_token(secret))
