@@ -14,7 +14,7 @@ from functools import cache
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
+from django.contrib.auth.models import Group
 from django.db import close_old_connections, transaction
 from django.db.models import DateTimeField, Max, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
@@ -42,12 +42,6 @@ class Viewer:
         return frozenset(
             {"all", f"user:{self.user_id}"} | {f"group:{g}" for g in self.group_ids}
         )
-
-
-def load_viewer(user: AbstractBaseUser | AnonymousUser) -> Viewer:
-    user_id = int(user.pk or 0)
-    group_ids = Group.objects.filter(user__id=user_id).values_list("id", flat=True)
-    return Viewer(user_id, frozenset(group_ids))
 
 
 def visible(user_id: int, now: datetime | None = None) -> QuerySet[Notification]:
@@ -82,6 +76,23 @@ def unexpired(
     ).filter(_expires__gt=now)
 
 
+_GROUPS = Prepared(
+    lambda user_id: Group.objects.filter(user__id=user_id).values_list("id"), [int]
+)
+_NEWEST_VISIBLE = Prepared(
+    lambda user_id, now: visible(user_id, now).order_by("-id").values_list("id")[:1],
+    [int, datetime],
+)
+
+
+def load_viewer(user_id: int) -> Viewer:
+    return Viewer(user_id, frozenset(g for (g,) in _GROUPS.rows(user_id)))
+
+
+def newest_visible_id(user_id: int) -> int:
+    return int(_NEWEST_VISIBLE.value(user_id, timezone.now(), default=0))
+
+
 def read_up_to(user_id: int) -> int:
     cursor = ReadCursor.objects.filter(user_id=user_id).values_list("up_to", flat=True)
     return next(iter(cursor), 0)
@@ -100,15 +111,6 @@ def read_flags(user_id: int, ids: list[int]) -> dict[int, bool]:
         )
     )
     return {i: i <= up_to or i in marked for i in ids}
-
-
-def newest_visible_id(user_id: int) -> int:
-    return visible(user_id).aggregate(m=Max("id"))["m"] or 0
-
-
-def cursor_expired(cursor: int) -> bool:
-    mark = RetentionMark.objects.filter(pk=1).values_list("pruned_through", flat=True)
-    return cursor < next(iter(mark), 0)
 
 
 @cache
@@ -143,18 +145,6 @@ def replay_batch(user_id: int, after: int, limit: int) -> list[wire.WireNotifica
     up_to = _READ_UP_TO.value(user_id, default=0)
     marked = {i for (i,) in _MARKED_BETWEEN.rows(user_id, after, rows[-1].id)}
     return [wire.to_wire(n, read=n.id <= up_to or n.id in marked) for n in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStart:
-    last_id: int
-    reset: bool
-
-
-def stream_start(user_id: int, cursor: int | None) -> StreamStart:
-    newest = newest_visible_id(user_id)
-    reset = cursor is not None and cursor > 0 and cursor_expired(cursor)
-    return StreamStart(max(newest, cursor or 0), reset)
 
 
 def messages_since(after: int, limit: int) -> list[Message]:
@@ -226,5 +216,5 @@ def prune(now: datetime | None = None) -> int:
 
 
 aload_viewer = sync_to_async(load_viewer)
-astream_start = sync_to_async(stream_start)
+anewest_visible_id = sync_to_async(newest_visible_id)
 areplay_batch = sync_to_async(replay_batch)

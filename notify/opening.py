@@ -23,14 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import Group
 from django.db import close_old_connections, connections
 from django.http import HttpRequest
-from django.utils import timezone
 
 from notify.conf import conf
 from notify.credentials import Identity, identify
-from notify.history import Viewer, visible
+from notify.history import Viewer, load_viewer, newest_visible_id
 from notify.models import Notification, RetentionMark
 from notify.prepared import Prepared
 
@@ -61,23 +59,12 @@ class Opening:
         return max(self.newest, self.cursor or 0)
 
 
-_GROUPS = Prepared(
-    lambda user_id: Group.objects.filter(user__id=user_id).values_list("id"), [int]
-)
-_NEWEST_VISIBLE = Prepared(
-    lambda user_id, now: visible(user_id, now).order_by("-id").values_list("id")[:1],
-    [int, type(timezone.now())],
-)
 _LATEST = Prepared(
     lambda: Notification.objects.order_by("-id").values_list("id")[:1], []
 )
 _PRUNED_THROUGH = Prepared(
     lambda: RetentionMark.objects.filter(pk=1).values_list("pruned_through"), []
 )
-
-
-def load_viewer(user_id: int) -> Viewer:
-    return Viewer(user_id, frozenset(g for (g,) in _GROUPS.rows(user_id)))
 
 
 def open_stream(
@@ -94,7 +81,7 @@ def open_stream(
     # committed between them must be above ``latest`` (then a stream that
     # sees it dispatched reads the database) or at most ``newest``.
     latest = _LATEST.value(default=0)
-    newest = _NEWEST_VISIBLE.value(user_id, timezone.now(), default=0)
+    newest = newest_visible_id(user_id)
     reset = None
     if cursor is not None and cursor > latest:
         # A restored database, or another deployment's id: start from now.

@@ -17,7 +17,7 @@ from typing import Any
 from notify import metrics, sse
 from notify.broker import Message, Subscription, get_broker
 from notify.conf import conf
-from notify.history import Viewer, areplay_batch, astream_start
+from notify.history import Viewer, anewest_visible_id, areplay_batch
 from notify.opening import Opening
 from notify.wire import WireNotification
 
@@ -157,7 +157,7 @@ async def poll(viewer: Viewer, after: int | None, wait: float) -> dict[str, Any]
     deadline = time.monotonic() + wait
     async with broker.subscribe(viewer.channels) as sub:
         if after is None:
-            after = (await astream_start(viewer.user_id, None)).last_id
+            after = await anewest_visible_id(viewer.user_id)
         rows = await areplay_batch(viewer.user_id, after, conf.replay_batch)
         while not rows:
             remaining = deadline - time.monotonic()

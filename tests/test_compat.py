@@ -177,8 +177,8 @@ def test_bad_fields_are_validation_errors(users):
 
 
 async def test_sent_event_reaches_only_the_addressed_users_streams(live_users):
-    alice = await sync_to_async(load_viewer)(live_users["alice"])
-    bob = await sync_to_async(load_viewer)(live_users["bob"])
+    alice = await sync_to_async(load_viewer)(live_users["alice"].pk)
+    bob = await sync_to_async(load_viewer)(live_users["bob"].pk)
     broker = get_broker()
     try:
         async with (

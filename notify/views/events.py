@@ -123,7 +123,7 @@ async def poll_events(request: HttpRequest, caller: Caller) -> HttpResponseBase:
                 errors["timeout"] = [f"Must be between 0 and {POLL_MAX:g} seconds."]
     if errors:
         return field_errors(errors)
-    viewer = await aload_viewer(caller.user)
+    viewer = await aload_viewer(caller.user_id)
     response = json_response(await poll(viewer, after, timeout))
     response["Cache-Control"] = "no-store"
     return response
