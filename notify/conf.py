@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFY_RESYNC_SECONDS": 5.0,
     "NOTIFY_SYNC_THREADS": 4,
     "NOTIFY_OPEN_BACKLOG": 2000,
+    "NOTIFY_MAX_STREAMS_PER_USER": 20,
     "NOTIFY_BROKER": {"BACKEND": "notify.broker.memory.MemoryBroker", "OPTIONS": {}},
     "NOTIFY_METRICS_TOKEN": "",
 }
@@ -102,6 +103,7 @@ PARSERS: dict[str, Any] = {
     "NOTIFY_RESYNC_SECONDS": lambda v: parse_seconds(v, minimum=0.1),
     "NOTIFY_SYNC_THREADS": lambda v: parse_int(v, minimum=1),
     "NOTIFY_OPEN_BACKLOG": lambda v: parse_int(v, minimum=1),
+    "NOTIFY_MAX_STREAMS_PER_USER": lambda v: parse_int(v, minimum=0),
 }
 
 
@@ -167,6 +169,11 @@ class Conf:
     @property
     def open_backlog(self) -> int:
         return int(self._get("NOTIFY_OPEN_BACKLOG"))
+
+    @property
+    def max_streams_per_user(self) -> int:
+        """0: no cap."""
+        return int(self._get("NOTIFY_MAX_STREAMS_PER_USER"))
 
     @property
     def broker(self) -> dict[str, Any]:

@@ -43,6 +43,16 @@ RECOVERED = Metric(
     "Notifications a server process read from the database to fill a gap.",
     "counter",
 )
+REVOKED = Metric(
+    "notify_revoked_streams_total",
+    "Streams ended because their credential stopped being valid.",
+    "counter",
+)
+REFUSED = Metric(
+    "notify_refused_streams_total",
+    "Streams and long polls refused by the per-user cap.",
+    "counter",
+)
 BROKER_RECONNECTS = Metric(
     "notify_broker_reconnects_total", "Broker connections re-established.", "counter"
 )
@@ -54,6 +64,8 @@ ALL = (
     SLOW_DISCONNECTS,
     REPLAYED,
     RECOVERED,
+    REVOKED,
+    REFUSED,
     BROKER_RECONNECTS,
 )
 

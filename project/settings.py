@@ -197,6 +197,9 @@ NOTIFY_RESYNC_SECONDS = env(
 )
 NOTIFY_SYNC_THREADS = env("NOTIFY_SYNC_THREADS", lambda v: parse_int(v, minimum=1), 4)
 NOTIFY_METRICS_TOKEN = env("NOTIFY_METRICS_TOKEN", str, "")
+NOTIFY_MAX_STREAMS_PER_USER = env(
+    "NOTIFY_MAX_STREAMS_PER_USER", lambda v: parse_int(v, minimum=0), 20
+)
 
 LOGGING = {
     "version": 1,
