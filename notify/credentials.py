@@ -16,7 +16,7 @@ fails when the Django code mirrored here changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib import import_module
@@ -42,17 +42,24 @@ DB_SESSIONS = "django.contrib.sessions.backends.db"
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """``user_id`` is 0 when nobody is authenticated."""
+    """``user_id`` is 0 when nobody is authenticated.
+
+    ``credential`` is what an open stream is re-checked by (see
+    :mod:`notify.access`): the API token's primary key, or the session key.
+    ``expires``: when the session expires (POSIX time), if known.
+    """
 
     user_id: int
     by_token: bool = False
     bad_token: bool = False
+    credential: int | str | None = field(default=None, compare=False)
+    expires: float | None = field(default=None, compare=False)
 
 
 _TOKEN_USER = Prepared(
     lambda key_hash: APIToken.objects.filter(
         key_hash=key_hash, user__is_active=True
-    ).values_list("user_id"),
+    ).values_list("user_id", "id"),
     [str],
 )
 
@@ -62,14 +69,23 @@ def identify(request: HttpRequest) -> Identity:
     falls back to the session (the same rule as ``permissions.acaller``)."""
     secret = bearer_secret(request)
     if secret is not None:
-        user_id = _TOKEN_USER.value(hash_token(secret), default=0) if secret else 0
-        return Identity(int(user_id), by_token=True, bad_token=not user_id)
-    fast = _session_user_id(request)
+        rows = _TOKEN_USER.rows(hash_token(secret)) if secret else []
+        if not rows:
+            return Identity(0, by_token=True, bad_token=True)
+        user_id, token_id = rows[0]
+        return Identity(int(user_id), by_token=True, credential=int(token_id))
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    fast = _session_user_id(key)
     if fast is not None:
-        return Identity(fast)
+        user_id, expires = fast
+        return Identity(user_id, credential=key, expires=expires)
     user = auth.get_user(request)
-    authenticated = user.is_authenticated and getattr(user, "is_active", True)
-    return Identity(int(user.pk or 0) if authenticated else 0)
+    if not (user.is_authenticated and getattr(user, "is_active", True)):
+        return Identity(0)
+    session = getattr(request, "session", None)
+    key = getattr(session, "session_key", None) or key
+    expires = session.get_expiry_date().timestamp() if session is not None else None
+    return Identity(int(user.pk), credential=key, expires=expires)
 
 
 @cache
@@ -78,7 +94,7 @@ def _session_query() -> Prepared:
     return Prepared(
         lambda key, now: model.objects.filter(
             session_key=key, expire_date__gt=now
-        ).values_list("session_data"),
+        ).values_list("session_data", "expire_date"),
         [str, datetime],
     )
 
@@ -110,23 +126,26 @@ def _fast_path_applies() -> bool:
     )
 
 
-def _session_user_id(request: HttpRequest) -> int | None:
-    """The session's user id, 0 for nobody, or None: ask Django."""
+_NOBODY = (0, None)
+
+
+def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
+    """The session's user id (0 for nobody) and expiry, or None: ask Django."""
     if not _fast_path_applies():
         return None
-    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
     if not key or "\x00" in key:  # no session has NUL in its key
-        return 0
-    data = _session_query().value(key, timezone.now())
-    if data is None:
-        return 0  # no such session, or expired: Django's load() finds {}
+        return _NOBODY
+    rows = _session_query().rows(key, timezone.now())
+    if not rows:
+        return _NOBODY  # no such session, or expired: Django's load() finds {}
+    data, expire_date = rows[0]
     session = _session_store()().decode(data)
     user_key = session.get(auth.SESSION_KEY)
     backend_path = session.get(auth.BACKEND_SESSION_KEY)
     if user_key is None or backend_path is None:
-        return 0
+        return _NOBODY
     if backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return 0
+        return _NOBODY
     backend = auth.load_backend(backend_path)
     if not isinstance(backend, ModelBackend) or (
         type(backend).get_user is not ModelBackend.get_user
@@ -139,14 +158,14 @@ def _session_user_id(request: HttpRequest) -> int | None:
         return None
     row = _user_query().rows(pk)
     if not row:
-        return 0  # the user is gone: Django's get_user finds None
+        return _NOBODY  # the user is gone: Django's get_user finds None
     password, is_active = row[0]
     user = user_model(pk=pk, password=password, is_active=bool(is_active))
     if not backend.user_can_authenticate(user):
-        return 0
+        return _NOBODY
     session_hash = session.get(auth.HASH_SESSION_KEY)
     if session_hash and constant_time_compare(
         session_hash, user.get_session_auth_hash()
     ):
-        return pk
+        return pk, expire_date.timestamp()
     return None  # Django decides: a fallback key (and a new session key) or a flush
