@@ -35,7 +35,7 @@ from django.utils.crypto import constant_time_compare
 
 from notify.models import APIToken
 from notify.prepared import Prepared
-from notify.tokens import bearer_secret, hash_token
+from notify.tokens import bearer_secret, hash_token, touch
 
 DB_SESSIONS = "django.contrib.sessions.backends.db"
 
@@ -73,6 +73,7 @@ def identify(request: HttpRequest) -> Identity:
         if not rows:
             return Identity(0, by_token=True, bad_token=True)
         user_id, token_id = rows[0]
+        touch(hash_token(secret))
         return Identity(int(user_id), by_token=True, credential=int(token_id))
     key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
     fast = _session_user_id(key)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
+from django.db.models import Q
 from django.http import HttpRequest
+from django.utils import timezone
 
 from notify.models import APIToken
 from notify.prepared import Prepared
@@ -70,7 +74,36 @@ def bearer(request: HttpRequest) -> Bearer:
     if not users or not users[0].is_active:  # deactivated meanwhile
         return Bearer(True, None)
     token.user = users[0]
+    touch(token.key_hash)
     return Bearer(True, token)
+
+
+TOUCH_EVERY = 60.0  # seconds between two writes of a token's last_used_at
+
+# key hash -> when this process last wrote (or found fresh) its last_used_at.
+# Keyed by the hash, not the id: a deleted token's id can come back.
+_touched: dict[str, float] = {}
+
+
+def touch(key_hash: str) -> None:
+    """Record that the token with ``key_hash`` authenticated a request.
+
+    At most one UPDATE per token and process a minute, and it writes only
+    when the stored time is older than that, so a busy token costs no write
+    per request however many processes serve it."""
+    now = time.monotonic()
+    if now - _touched.get(key_hash, -TOUCH_EVERY) < TOUCH_EVERY:
+        return
+    if len(_touched) > 10_000:  # forget tokens not seen for a minute
+        for key, at in list(_touched.items()):
+            if now - at >= TOUCH_EVERY:
+                del _touched[key]
+    _touched[key_hash] = now
+    used = timezone.now()
+    stale = Q(last_used_at__isnull=True) | Q(
+        last_used_at__lt=used - timedelta(seconds=TOUCH_EVERY)
+    )
+    APIToken.objects.filter(stale, key_hash=key_hash).update(last_used_at=used)
 
 
 abearer = sync_to_async(bearer)
