@@ -8,6 +8,7 @@ at start instead of at the first request.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +48,30 @@ def _hosts(value: str) -> list[str]:
 
 
 def _origins(value: str) -> list[str]:
-    return [o.strip() for o in value.split(",") if o.strip()]
+    origins = [o.strip() for o in value.split(",") if o.strip()]
+    for origin in origins:
+        scheme, sep, host = origin.partition("://")
+        if not sep or not scheme or not host:
+            raise ValueError(f"expected origins such as https://host, got {origin!r}")
+    return origins
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def _proxy_ssl_header(value: str) -> tuple[str, str] | None:
+    """``X-Forwarded-Proto`` (meaning ``X-Forwarded-Proto: https``) or
+    ``Name=value``: the header a TLS-terminating proxy sets on secure requests,
+    as Django's ``(META key, value)``. Empty: none."""
+    name, _, expected = value.partition("=")
+    name, expected = name.strip(), expected.strip() or "https"
+    if not name:
+        return None
+    if not _HEADER_NAME.match(name):
+        raise ValueError(
+            f"expected a header name such as X-Forwarded-Proto, got {name!r}"
+        )
+    return "HTTP_" + name.upper().replace("-", "_"), expected
 
 
 SQLITE = "django.db.backends.sqlite3"
@@ -101,6 +125,18 @@ DEBUG = env("DEBUG", parse_bool, False)
 SECRET_KEY = env("SECRET_KEY", _nonempty, INSECURE_DEV_KEY)
 ALLOWED_HOSTS = env("ALLOWED_HOSTS", _hosts, ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS: list[str] = env("CSRF_TRUSTED_ORIGINS", _origins, [])
+
+# HTTPS: off by default so that the development server works over plain HTTP;
+# `manage.py check --deploy` says which are still off.
+SESSION_COOKIE_SECURE = env("SESSION_COOKIE_SECURE", parse_bool, False)
+CSRF_COOKIE_SECURE = env("CSRF_COOKIE_SECURE", parse_bool, False)
+SECURE_SSL_REDIRECT = env("SECURE_SSL_REDIRECT", parse_bool, False)
+SECURE_HSTS_SECONDS = env("SECURE_HSTS_SECONDS", lambda v: parse_int(v, minimum=0), 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env(
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS", parse_bool, False
+)
+SECURE_HSTS_PRELOAD = env("SECURE_HSTS_PRELOAD", parse_bool, False)
+SECURE_PROXY_SSL_HEADER = env("SECURE_PROXY_SSL_HEADER", _proxy_ssl_header, None)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -4,6 +4,7 @@ checks report bad ``NOTIFY_*`` values, and ``notify.conf`` follows
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,15 @@ BAD_ENV = [
     ("DATABASE_URL", "oracle://notify:secret@127.0.0.1:1521/notify"),
     ("DATABASE_URL", "postgis://notify@127.0.0.1/notify"),
     ("ALLOWED_HOSTS", " , "),
+    ("CSRF_TRUSTED_ORIGINS", "notify.example.com"),
+    ("SESSION_COOKIE_SECURE", "maybe"),
+    ("CSRF_COOKIE_SECURE", "2"),
+    ("SECURE_SSL_REDIRECT", "sure"),
+    ("SECURE_HSTS_SECONDS", "-1"),
+    ("SECURE_HSTS_SECONDS", "a year"),
+    ("SECURE_HSTS_INCLUDE_SUBDOMAINS", "maybe"),
+    ("SECURE_HSTS_PRELOAD", "maybe"),
+    ("SECURE_PROXY_SSL_HEADER", "X Forwarded Proto"),
 ]
 
 
@@ -80,6 +90,80 @@ def test_good_environment_values_load(clean_env, command):
     }
     result = run(command, env)
     assert result.returncode == 0, result.stderr
+
+
+HTTPS_SETTINGS = [
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
+    "SECURE_PROXY_SSL_HEADER",
+    "CSRF_TRUSTED_ORIGINS",
+]
+
+
+def _loaded(env: dict[str, str], names: list[str]) -> dict[str, Any]:
+    """The settings ``names`` as a process started with ``env`` loads them."""
+    code = (
+        "import json; from django.conf import settings; "
+        f"print(json.dumps({{n: getattr(settings, n) for n in {names!r}}}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env | {"DJANGO_SETTINGS_MODULE": "project.settings"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
+def test_https_settings_default_to_plain_http(clean_env):
+    assert _loaded(clean_env, HTTPS_SETTINGS) == {
+        "SESSION_COOKIE_SECURE": False,
+        "CSRF_COOKIE_SECURE": False,
+        "SECURE_SSL_REDIRECT": False,
+        "SECURE_HSTS_SECONDS": 0,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": False,
+        "SECURE_HSTS_PRELOAD": False,
+        "SECURE_PROXY_SSL_HEADER": None,
+        "CSRF_TRUSTED_ORIGINS": [],
+    }
+
+
+def test_https_settings_come_from_the_environment(clean_env):
+    env = clean_env | {
+        "SESSION_COOKIE_SECURE": "true",
+        "CSRF_COOKIE_SECURE": "1",
+        "SECURE_SSL_REDIRECT": "yes",
+        "SECURE_HSTS_SECONDS": "31536000",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": "on",
+        "SECURE_HSTS_PRELOAD": "true",
+        "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
+        "CSRF_TRUSTED_ORIGINS": "https://notify.example.com, https://b.example:8443",
+    }
+    assert _loaded(env, HTTPS_SETTINGS) == {
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
+        "SECURE_SSL_REDIRECT": True,
+        "SECURE_HSTS_SECONDS": 31536000,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SECURE_HSTS_PRELOAD": True,
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+        "CSRF_TRUSTED_ORIGINS": [
+            "https://notify.example.com",
+            "https://b.example:8443",
+        ],
+    }
+    proxy = clean_env | {"SECURE_PROXY_SSL_HEADER": "X-Scheme=HTTPS"}
+    assert _loaded(proxy, ["SECURE_PROXY_SSL_HEADER"]) == {
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_SCHEME", "HTTPS"]
+    }
 
 
 @pytest.mark.parametrize("command", COMMANDS)
