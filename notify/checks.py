@@ -3,7 +3,9 @@
 Ids are stable: notify.E001 heartbeat, E002 retry, E003 padding, E004
 retention, E005 publish rate, E006 queue size, E007 replay batch, E008 resync,
 E009 sync threads, E010 broker, E011 open backlog, E012 streams per user;
-notify.W001 the insecure development key.
+notify.W001 the insecure development key; notify.W101-W103 (deployment,
+in ``deploy_checks``) Django's security, clickjacking or CSRF middleware
+missing, counting subclasses.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
+from notify import deploy_checks  # noqa: F401 - registers its checks
 from notify.conf import DEFAULTS, PARSERS
 
 IDS = {
