@@ -44,6 +44,7 @@ from django.urls import get_urlconf, set_script_prefix, set_urlconf
 from django.utils.log import log_response
 
 from notify.broker import is_serving, serving
+from notify.pruning import start_pruner
 
 
 class _DisconnectWatcher:
@@ -152,6 +153,7 @@ class ThreadPoolASGIHandler(ASGIHandler):
             raise ValueError(f"Django can only handle ASGI/HTTP, not {scope['type']}.")
         if not is_serving():
             serving()
+            start_pruner()
         executor = _RequestExecutor(next(self._next))
         async with ThreadSensitiveContext(executor=executor):
             await self.handle(scope, receive, send, executor)

@@ -2,7 +2,8 @@
 
 Ids are stable: notify.E001 heartbeat, E002 retry, E003 padding, E004
 retention, E005 publish rate, E006 queue size, E007 replay batch, E008 resync,
-E009 sync threads, E010 broker, E011 open backlog, E012 streams per user;
+E009 sync threads, E010 broker, E011 open backlog, E012 streams per user,
+E013 prune interval;
 notify.W001 the insecure development key; notify.W101-W103 (deployment,
 in ``deploy_checks``) Django's security, clickjacking or CSRF middleware
 missing, counting subclasses.
@@ -31,6 +32,7 @@ IDS = {
     "NOTIFY_SYNC_THREADS": "notify.E009",
     "NOTIFY_OPEN_BACKLOG": "notify.E011",
     "NOTIFY_MAX_STREAMS_PER_USER": "notify.E012",
+    "NOTIFY_PRUNE_SECONDS": "notify.E013",
 }
 
 

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFY_SYNC_THREADS": 4,
     "NOTIFY_OPEN_BACKLOG": 2000,
     "NOTIFY_MAX_STREAMS_PER_USER": 20,
+    "NOTIFY_PRUNE_SECONDS": 3600,
     "NOTIFY_BROKER": {"BACKEND": "notify.broker.memory.MemoryBroker", "OPTIONS": {}},
     "NOTIFY_METRICS_TOKEN": "",
 }
@@ -104,6 +105,7 @@ PARSERS: dict[str, Any] = {
     "NOTIFY_SYNC_THREADS": lambda v: parse_int(v, minimum=1),
     "NOTIFY_OPEN_BACKLOG": lambda v: parse_int(v, minimum=1),
     "NOTIFY_MAX_STREAMS_PER_USER": lambda v: parse_int(v, minimum=0),
+    "NOTIFY_PRUNE_SECONDS": lambda v: parse_seconds(v, minimum=0),
 }
 
 
@@ -174,6 +176,11 @@ class Conf:
     def max_streams_per_user(self) -> int:
         """0: no cap."""
         return int(self._get("NOTIFY_MAX_STREAMS_PER_USER"))
+
+    @property
+    def prune_seconds(self) -> float:
+        """0: no pruning in server processes."""
+        return float(self._get("NOTIFY_PRUNE_SECONDS"))
 
     @property
     def broker(self) -> dict[str, Any]:

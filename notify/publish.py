@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Required, TypedDict, Unpack
@@ -27,7 +26,7 @@ from django.db.models import Count
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from notify import history, metrics, wire
+from notify import metrics, wire
 from notify.broker import (
     Broker,
     Message,
@@ -45,8 +44,6 @@ from notify.validation import Draft, validate
 logger = logging.getLogger(__name__)
 
 _ADVISORY_LOCK = 0x6E6F7469  # "noti"
-_PRUNE_EVERY = 3600.0
-_last_prune = 0.0
 
 
 @dataclass(frozen=True)
@@ -152,23 +149,7 @@ def persist(draft: Draft, sender: User | None = None) -> Published:
             n.users.set(user_ids)
         if group_ids:
             n.groups.set(group_ids)
-    _maybe_prune()
     return Published(n, wire.message(n, user_ids, group_ids))
-
-
-def _maybe_prune() -> None:
-    global _last_prune
-    now = time.monotonic()
-    if now - _last_prune < _PRUNE_EVERY:
-        return
-    _last_prune = now
-    try:
-        removed = history.prune()
-    except Exception:
-        logger.exception("pruning old notifications failed")
-    else:
-        if removed:
-            logger.info("removed %d notifications past retention", removed)
 
 
 async def send(

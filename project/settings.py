@@ -242,6 +242,9 @@ NOTIFY_METRICS_TOKEN = env("NOTIFY_METRICS_TOKEN", str, "")
 NOTIFY_MAX_STREAMS_PER_USER = env(
     "NOTIFY_MAX_STREAMS_PER_USER", lambda v: parse_int(v, minimum=0), 20
 )
+NOTIFY_PRUNE_SECONDS = env(
+    "NOTIFY_PRUNE_SECONDS", lambda v: parse_seconds(v, minimum=0), 3600.0
+)
 
 LOGGING = {
     "version": 1,

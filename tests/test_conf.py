@@ -224,6 +224,8 @@ CHECKED: list[tuple[str, Any, str]] = [
     ("NOTIFY_REPLAY_BATCH", 0, "notify.E007"),
     ("NOTIFY_RESYNC_SECONDS", 0, "notify.E008"),
     ("NOTIFY_SYNC_THREADS", 0, "notify.E009"),
+    ("NOTIFY_PRUNE_SECONDS", -1, "notify.E013"),
+    ("NOTIFY_PRUNE_SECONDS", "hourly", "notify.E013"),
     ("NOTIFY_BROKER", "redis", "notify.E010"),
     ("NOTIFY_BROKER", {"BACKEND": "notify.broker.nowhere.Broker"}, "notify.E010"),
     (

@@ -11,7 +11,7 @@ from notify.history import prune
 class Command(BaseCommand):
     help = (
         "Delete notifications older than NOTIFY_RETENTION_DAYS; prints how many "
-        "were removed. (Publishing also prunes, at most once an hour.)"
+        "were removed. (Server processes also prune, every NOTIFY_PRUNE_SECONDS.)"
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
