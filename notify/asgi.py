@@ -43,6 +43,13 @@ from django.urls import get_script_prefix as get_current_script_prefix
 from django.urls import get_urlconf, set_script_prefix, set_urlconf
 from django.utils.log import log_response
 
+from notify.bodylimit import (
+    BodyTooLargeError,
+    body_limit,
+    declared_too_large,
+    limited,
+    refuse,
+)
 from notify.broker import is_serving, serving
 from notify.pruning import start_pruner
 
@@ -177,9 +184,10 @@ class ThreadPoolASGIHandler(ASGIHandler):
             )
         return response
 
-    async def read_body(self, receive: Any) -> Any:
+    async def read_body(self, receive: Any, limit: int | None = None) -> Any:
         """The request body, in memory when it came in one message (every GET
         and small POST) rather than in a spooled temporary file."""
+        receive = limited(receive, limit)
         first = await receive()
         if first["type"] == "http.request" and not first.get("more_body", False):
             body = first.get("body", b"")
@@ -196,9 +204,16 @@ class ThreadPoolASGIHandler(ASGIHandler):
         self, scope: Any, receive: Any, send: Any, executor: _RequestExecutor
     ) -> None:
         """``ASGIHandler.handle``, with the request in the calling task."""
+        limit = body_limit(scope)
+        if declared_too_large(scope, limit):
+            await refuse(send)
+            return
         try:
-            body_file = await self.read_body(receive)
+            body_file = await self.read_body(receive, limit)
         except RequestAborted:
+            return
+        except BodyTooLargeError:
+            await refuse(send)
             return
         prefix = get_script_prefix(scope)
         if prefix.rstrip("/") + "/" != get_current_script_prefix():
