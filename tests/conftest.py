@@ -257,7 +257,9 @@ def server_env(test_database_url: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("NOTIFY_", "REDIS_URL", "DATABASE_URL", "DJANGO_"))
+        if not k.startswith(
+            ("NOTIFY_", "REDIS_URL", "DATABASE_URL", "DJANGO_", "PROMETHEUS_")
+        )
     }
     env.update(
         DATABASE_URL=test_database_url,

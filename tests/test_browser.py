@@ -32,6 +32,7 @@ from playwright.async_api import (
 
 from notify.publish import persist
 from notify.validation import validate
+from tests.support.metrics import samples
 from tests.support.servers import UvicornServer, auth, need
 from tests.support.stack import Nginx, QuickPBKDF2PasswordHasher, collectstatic
 
@@ -82,9 +83,7 @@ class Stack:
                 if not worker.running:
                     continue
                 text = (await client.get(f"{worker.url}/metrics")).text
-                found = re.search(r"^notify_open_streams (\d+)$", text, re.MULTILINE)
-                assert found, text
-                total += int(found.group(1))
+                total += int(samples(text)["notify_open_streams"])
         return total
 
     async def stop_workers(self, *which: int) -> None:

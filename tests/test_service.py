@@ -9,8 +9,10 @@ from pathlib import Path
 
 import httpx
 from django.test import AsyncClient, override_settings
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tests.support.api import Client, body
+from tests.support.metrics import samples
 from tests.support.servers import UvicornServer, wait_for
 
 
@@ -90,20 +92,14 @@ async def test_metrics_needs_staff_or_the_metrics_token(client_for, users):
 async def test_metrics_accepts_the_configured_token(users):
     response = await Client("scrape-me-0123456789").get("/metrics")
     assert response.status_code == 200
-    assert response["Content-Type"].startswith("text/plain")
+    assert response["Content-Type"] == CONTENT_TYPE_LATEST
     _assert_prometheus(response.content.decode())
     wrong = await Client("scrape-me-wrong").get("/metrics")
     assert wrong.status_code == 401
 
 
 def _assert_prometheus(text: str) -> None:
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            assert line.startswith(("# HELP ", "# TYPE ")), line
-            continue
-        name, value = line.split(" ")
-        values[name] = float(value)
+    values = samples(text)
     for name in (
         "notify_open_streams",
         "notify_notifications_published_total",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from notify.models import Notification
 from notify.publish import apublish
 from project.asgi import application
 from tests.support.asgi import ApplicationCommunicator, http_scope
+from tests.support.metrics import scrape
 from tests.support.servers import auth
 from tests.support.sse import Event, events
 
@@ -256,14 +256,6 @@ def _read_until_closed(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-async def _metric(client: httpx.AsyncClient, url: str, token: str, name: str) -> int:
-    response = await client.get(url + "/metrics", headers=auth(token))
-    assert response.status_code == 200
-    match = re.search(rf"^{name} (\d+)$", response.text, re.MULTILINE)
-    assert match, response.text
-    return int(match.group(1))
-
-
 async def _collect(
     client: httpx.AsyncClient, url: str, token: str, ready: asyncio.Event
 ) -> list[Event]:
@@ -325,12 +317,8 @@ async def test_slow_client_is_disconnected_while_others_get_everything(
                 assert len(published) < 600, "the slow client was never dropped"
                 for i in range(20):
                     published.append(await publish(f"n{len(published) + i}"))
-                disconnects = await _metric(
-                    client,
-                    server.url,
-                    tokens["admin"],
-                    "notify_slow_client_disconnects_total",
-                )
+                scraped = await scrape(client, server.url, tokens["admin"])
+                disconnects = int(scraped["notify_slow_client_disconnects_total"])
             published.append(await publish("last"))
 
             async with asyncio.timeout(30):

@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from notify import metrics
 from notify.broker import get_broker
@@ -65,6 +66,6 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
             return unauthenticated(bad_token=caller.bad_token)
         if not is_staff(caller):
             return error(403, "metrics are for staff")
-    return HttpResponse(
-        metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    # In multiprocess mode rendering reads every process's files: off the loop.
+    body = await sync_to_async(metrics.render, thread_sensitive=False)()
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
