@@ -10,8 +10,10 @@ class NotifyConfig(AppConfig):
         from django.core.signals import setting_changed
 
         from notify import checks  # noqa: F401 - registers the system checks
+        from notify import receivers
         from notify.broker import reset_brokers
         from notify.conf import conf
 
         setting_changed.connect(conf.clear, dispatch_uid="notify.conf.clear")
         setting_changed.connect(reset_brokers, dispatch_uid="notify.reset_brokers")
+        receivers.connect()

@@ -21,7 +21,8 @@ import contextvars
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.db import close_old_connections, connections
 from django.http import HttpRequest
@@ -44,7 +45,8 @@ class Opening:
     committed id of all (read in the same hop, so a stream can tell whether
     anything was committed between this read and its subscription);
     ``cursor``: where the stream resumes from (None: only what comes next);
-    ``reset``: why the client's cursor was not taken as it is.
+    ``reset``: why the client's cursor was not taken as it is;
+    ``credential`` and ``expires``: see :class:`Identity`.
     """
 
     viewer: Viewer
@@ -52,6 +54,8 @@ class Opening:
     latest: int
     cursor: int | None
     reset: str | None = None
+    credential: int | str | None = None
+    expires: float | None = None
 
     @property
     def last_id(self) -> int:
@@ -88,10 +92,18 @@ def open_stream(
         reset, cursor = CURSOR_AHEAD, None
     elif cursor and cursor < _PRUNED_THROUGH.value(default=0):
         reset, cursor = CURSOR_EXPIRED, 0
-    return identity, Opening(viewer, newest, latest, cursor, reset)
+    return identity, Opening(
+        viewer, newest, latest, cursor, reset, identity.credential, identity.expires
+    )
 
 
 _BATCH = 64
+T = TypeVar("T")
+
+
+def _fresh(fn: Callable[..., T], *args: Any) -> T:
+    close_old_connections()
+    return fn(*args)
 
 
 class OpenerBusyError(Exception):
@@ -144,6 +156,11 @@ class Opener:
             return await future
         finally:
             self.waiting -= 1
+
+    async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run other database work on this thread (see notify.access)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _fresh, fn, *args)
 
     async def aclose(self) -> None:
         """Close the thread's database connection and stop the thread."""

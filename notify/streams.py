@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from notify import metrics, sse
+from notify.access import rechecker
 from notify.broker import Message, Subscription, get_broker
 from notify.conf import conf
 from notify.history import Viewer, anewest_visible_id, areplay_batch
@@ -79,11 +80,15 @@ async def event_stream(opening: Opening) -> AsyncIterator[bytes]:
     viewer = opening.viewer
     try:
         async with broker.subscribe(
-            viewer.channels, owner=asyncio.current_task()
+            viewer.channels, owner=asyncio.current_task(), credential=opening.credential
         ) as sub:
             # Read at the moment of subscribing (no await in between): every
             # id above it reaches the subscription from now on.
             dispatched = broker.fanout.last_id
+            checker = rechecker(broker)
+            if opening.expires is not None:
+                checker.expire_at(sub, opening.expires)
+            del checker
             head = b""
             if opening.reset:
                 head = sse.event("reset", {"reason": opening.reset})
@@ -112,9 +117,13 @@ async def event_stream(opening: Opening) -> AsyncIterator[bytes]:
                         continue
                     chunks: list[bytes] = []
                     delivered = 0
+                    last = False
                     for message in batch:
                         if message.id == 0:  # pings, read-state changes
                             chunks.append(message.frame)
+                            if message.control is not None:
+                                last = True  # revoked (notify.access)
+                                break
                         elif message.id > last_sent and (
                             message.expires_at is None
                             or message.expires_at > time.time()
@@ -127,6 +136,8 @@ async def event_stream(opening: Opening) -> AsyncIterator[bytes]:
                     if chunks:
                         yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
                         keepalive.last_output = loop.time()
+                    if last:
+                        return
             finally:
                 keepalive.cancel()
     except (asyncio.CancelledError, GeneratorExit):
@@ -151,11 +162,16 @@ async def _replay(viewer: Viewer, after: int) -> AsyncIterator[tuple[bytes, int]
             return
 
 
-async def poll(viewer: Viewer, after: int | None, wait: float) -> dict[str, Any]:
-    """Notifications newer than ``after``, waiting up to ``wait`` seconds."""
+async def poll(
+    viewer: Viewer, after: int | None, wait: float, credential: int | str | None
+) -> dict[str, Any]:
+    """Notifications newer than ``after``, waiting up to ``wait`` seconds.
+
+    A revocation ends the wait (the next poll then gets 401)."""
     broker = get_broker()
     deadline = time.monotonic() + wait
-    async with broker.subscribe(viewer.channels) as sub:
+    rechecker(broker)
+    async with broker.subscribe(viewer.channels, credential=credential) as sub:
         if after is None:
             after = await anewest_visible_id(viewer.user_id)
         rows = await areplay_batch(viewer.user_id, after, conf.replay_batch)
@@ -167,6 +183,8 @@ async def poll(viewer: Viewer, after: int | None, wait: float) -> dict[str, Any]
                 async with asyncio.timeout(remaining):
                     message = await sub.get()
             except TimeoutError:
+                break
+            if message.control is not None:
                 break
             if message.id > after:
                 rows = await areplay_batch(viewer.user_id, after, conf.replay_batch)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 
-from tests.support.servers import RedisServer, UvicornServer, auth, wait_for
+from tests.support.servers import RedisServer, UvicornServer, auth, manage, wait_for
 from tests.support.sse import Event, events
 
 
@@ -50,17 +47,10 @@ async def test_cross_process_delivery_reaches_every_client_once(
         await asyncio.gather(*(event.wait() for event in ready.values()))
 
     env = server_env | {"REDIS_URL": redis_url}
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "manage.py", "notify_send", "--all", "--title", "Deploy at 5"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=os.getcwd(),
+    output = await asyncio.to_thread(
+        manage, env, "notify_send", "--all", "--title", "Deploy at 5"
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "1"
+    assert output.strip() == "1"
 
     async with asyncio.timeout(10):
         await asyncio.gather(*readers)

@@ -79,7 +79,11 @@ async def test_open_streams_hold_no_thread_and_no_database_connection(
     start_server, tokens, database_connections
 ):
     # No periodic resync: only the streams themselves touch the database.
-    server = start_server(NOTIFY_RESYNC_SECONDS="3600", NOTIFY_HEARTBEAT_SECONDS="30")
+    server = start_server(
+        NOTIFY_RESYNC_SECONDS="3600",
+        NOTIFY_HEARTBEAT_SECONDS="30",
+        NOTIFY_MAX_STREAMS_PER_USER="0",
+    )
     assert server.proc is not None
     pid = server.proc.pid
     people = [tokens["alice"], tokens["bob"], tokens["carol"]]

@@ -15,6 +15,11 @@ lost in transit (Redis restarting, a publisher that could not reach Redis)
 still reaches every stream. Unsequenced messages (``id == 0``, e.g. read-state
 changes) are best-effort and dispatched as they come.
 
+A message with a ``control`` word is for the streams themselves rather than
+their readers (see :mod:`notify.access`): ``revoke <target>`` queues its frame
+(``event: revoked``) as the last thing the matching streams of its users send;
+``recheck`` hands their subscriptions to :attr:`Fanout.on_recheck`.
+
 A subscription whose queue is full is *lagged*: its owning task is cancelled,
 which ends that one HTTP response; the client reconnects with its cursor and
 replays from the database. Nobody else waits for it.
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,12 +48,14 @@ class Message:
     local routing keys it is for (``"all"``, ``"user:<pk>"``, ``"group:<pk>"``).
     ``frame``: the SSE bytes sent to every matching stream, encoded once.
     ``expires_at``: POSIX time after which it must not be delivered.
+    ``control``: None for messages to read; see the module docstring.
     """
 
     id: int
     channels: tuple[str, ...]
     frame: bytes
     expires_at: float | None = None
+    control: str | None = None
 
 
 class History(Protocol):
@@ -70,18 +77,30 @@ class Subscription:
     everything pending in one call.
     """
 
-    __slots__ = ("channels", "maxsize", "owner", "lagged", "_items", "_waiter")
+    __slots__ = (
+        "channels",
+        "maxsize",
+        "owner",
+        "credential",
+        "lagged",
+        "ended",
+        "_items",
+        "_waiter",
+    )
 
     def __init__(
         self,
         channels: frozenset[str],
         maxsize: int,
         owner: asyncio.Task[Any] | None = None,
+        credential: int | str | None = None,
     ) -> None:
         self.channels = channels
         self.maxsize = maxsize
         self.owner = owner
+        self.credential = credential  # see notify.access.credential_key
         self.lagged = False
+        self.ended = False
         self._items: list[Message] = []
         self._waiter: asyncio.Future[None] | None = None
 
@@ -124,7 +143,7 @@ class Subscription:
         return self._items.pop(0) if self._items else None
 
     def deliver(self, message: Message) -> None:
-        if self.lagged:
+        if self.lagged or self.ended:
             return
         if len(self._items) >= self.maxsize:
             self.lagged = True
@@ -140,9 +159,23 @@ class Subscription:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def end(self, message: Message) -> None:
+        """Queue ``message`` as the last one: nothing is queued after it."""
+        self.deliver(message)
+        self.ended = True
+
+
+Recheck = Callable[[Sequence[Subscription]], None]
+Matches = Callable[[Subscription, str], bool]
+
 
 class Fanout:
-    """Routes messages to local subscriptions, in id order, filling gaps."""
+    """Routes messages to local subscriptions, in id order, filling gaps.
+
+    ``on_recheck`` receives the subscriptions a ``recheck`` message names;
+    ``matches`` tells whether a subscription is the target of a ``revoke``.
+    Both are set by :mod:`notify.access`.
+    """
 
     def __init__(self, history: History | None, *, batch: int = 500) -> None:
         self.history = history
@@ -150,6 +183,8 @@ class Fanout:
         self.last_id = 0
         self._by_channel: dict[str, set[Subscription]] = {}
         self._lock = asyncio.Lock()
+        self.on_recheck: Recheck | None = None
+        self.matches: Matches | None = None
 
     @property
     def subscriptions(self) -> set[Subscription]:
@@ -229,11 +264,29 @@ class Fanout:
             for channel in message.channels:
                 found.update(self._by_channel.get(channel, ()))
             targets = tuple(found)
+        if message.control is not None:
+            self._control(message, targets)
+            return
         for start in range(0, len(targets), _SLICE):
             if start:
                 await asyncio.sleep(0)
             for sub in targets[start : start + _SLICE]:
                 sub.deliver(message)
+
+    def _control(self, message: Message, targets: Sequence[Subscription]) -> None:
+        assert message.control is not None
+        kind, _, target = message.control.partition(" ")
+        if kind == "revoke":
+            matches = self.matches
+            for sub in targets:
+                if target == "*" or (matches is not None and matches(sub, target)):
+                    sub.end(message)
+                    metrics.REVOKED.inc()
+        elif kind == "recheck":
+            if self.on_recheck is not None and targets:
+                self.on_recheck(targets)
+        else:
+            logger.warning("skipping an unknown control message %.40r", message.control)
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:
@@ -270,6 +323,7 @@ class Subscribing:
 
     async def __aexit__(self, *exc: object) -> None:
         self._broker.fanout.remove(self._sub)
+        self._sub.ended = True
         metrics.OPEN_STREAMS.dec()
 
 
@@ -295,21 +349,50 @@ class Broker:
         self.resync_seconds = resync_seconds
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._slots: dict[int, int] = {}  # user id: streams held here
 
     async def publish(self, message: Message) -> None:
         """Send ``message`` to every subscriber in every process."""
         await self._send(message)
 
     def subscribe(
-        self, channels: Iterable[str], *, owner: asyncio.Task[Any] | None = None
+        self,
+        channels: Iterable[str],
+        *,
+        owner: asyncio.Task[Any] | None = None,
+        credential: int | str | None = None,
     ) -> Subscribing:
         """Receive messages for ``channels`` while in ``async with`` the result.
 
-        ``owner`` is the task cancelled if this subscription falls behind.
+        ``owner`` is the task cancelled if this subscription falls behind;
+        ``credential`` is what access re-checks look at (see notify.access).
         """
         return Subscribing(
-            self, Subscription(frozenset(channels), self.queue_size, owner)
+            self,
+            Subscription(frozenset(channels), self.queue_size, owner, credential),
         )
+
+    def resubscribe(self, sub: Subscription, channels: frozenset[str]) -> None:
+        """Route ``channels`` to ``sub`` from now on instead of its own."""
+        self.fanout.remove(sub)
+        sub.channels = channels
+        self.fanout.add(sub)
+
+    async def acquire_slot(self, user_id: int, cap: int) -> bool:
+        """Count one more stream of ``user_id`` unless it has ``cap`` already
+        (in this process; backends that see other processes count those)."""
+        held = self._slots.get(user_id, 0)
+        if held >= cap:
+            return False
+        self._slots[user_id] = held + 1
+        return True
+
+    def release_slot(self, user_id: int) -> None:
+        held = self._slots.get(user_id, 0) - 1
+        if held > 0:
+            self._slots[user_id] = held
+        else:
+            self._slots.pop(user_id, None)
 
     async def _ensure_started(self) -> None:
         if self._started:

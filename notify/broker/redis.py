@@ -7,6 +7,13 @@ hands it to the fanout. The reader survives bad messages (logged, skipped) and
 lost connections (reconnect with backoff, then resync from the database), and
 every ``resync_seconds`` it also refreshes this process's presence set
 (``<prefix>presence:<instance>``), which tells the console who is connected.
+
+The per-user stream cap is counted in Redis too: each process keeps a hash of
+how many streams each user holds there (``<prefix>slots:<instance>``, listed
+in the set ``<prefix>slots``), rewritten from its own counts and kept alive by
+a refresh every third of ``resync_seconds``. A process that dies, even by
+``kill -9``, stops refreshing, and its counts expire ``resync_seconds`` later.
+A new stream is admitted by one Lua script that sums the live hashes.
 """
 
 from __future__ import annotations
@@ -31,27 +38,62 @@ logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
 
+# KEYS: the set of slot hashes, this process's hash. ARGV: user id, cap, ttl in
+# ms, this process's count for the user if admitted. 0: refused; 1: admitted;
+# 2: admitted, but this process's hash had expired (rewrite it).
+_ACQUIRE = """
+local total = tonumber(ARGV[4]) - 1
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if key ~= KEYS[2] then
+    local held = redis.call('HGET', key, ARGV[1])
+    if held then
+      total = total + tonumber(held)
+    elseif redis.call('EXISTS', key) == 0 then
+      redis.call('SREM', KEYS[1], key)
+    end
+  end
+end
+if total >= tonumber(ARGV[2]) then
+  return 0
+end
+local fresh = redis.call('EXISTS', KEYS[2]) == 0
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[1], KEYS[2])
+if fresh then
+  return 2
+end
+return 1
+"""
+
 
 def encode(message: Message) -> bytes:
+    """``id|expires|channels[|control]`` on the first line, then the frame."""
     expires = b"" if message.expires_at is None else repr(message.expires_at).encode()
-    header = b"%d|%s|%s\n" % (message.id, expires, ",".join(message.channels).encode())
-    return header + message.frame
+    header = b"%d|%s|%s" % (message.id, expires, ",".join(message.channels).encode())
+    if message.control is not None:
+        header += b"|" + message.control.encode()
+    return header + b"\n" + message.frame
 
 
 def decode(raw: bytes) -> Message:
     header, newline, frame = raw.partition(b"\n")
     parts = header.split(b"|")
-    if not newline or len(parts) != 3 or not frame.endswith(b"\n\n"):
+    if not newline or len(parts) not in (3, 4):
         raise ValueError("not a notify message")
-    id_, expires, channels = parts
+    control = parts[3].decode() if len(parts) == 4 else None
+    if not (frame.endswith(b"\n\n") or (control is not None and not frame)):
+        raise ValueError("not a notify message")
+    id_, expires, channels = parts[:3]
     message_id = int(id_)
-    if message_id < 0 or not channels:
-        raise ValueError("bad id or channels")
+    if message_id < 0 or not channels or (control is not None and message_id):
+        raise ValueError("bad id, channels or control")
     return Message(
         id=message_id,
         channels=tuple(channels.decode().split(",")),
         frame=frame,
         expires_at=float(expires) if expires else None,
+        control=control,
     )
 
 
@@ -89,6 +131,13 @@ class RedisBroker(Broker):
         self._task: asyncio.Task[None] | None = None
         self._resync_due = False
         self._next_resync = 0.0
+        self._slot_set = f"{prefix}slots"
+        self._slot_key = f"{prefix}slots:{self.instance}"
+        self._acquire = self._client.register_script(_ACQUIRE)
+        self._slots_changed: set[int] = set()
+        self._slots_rewrite = False
+        self._slots_task: asyncio.Task[None] | None = None
+        self._slots_wakeup = asyncio.Event()
 
     async def _send(self, message: Message) -> None:
         await self._client.publish(self.channel, encode(message))
@@ -112,9 +161,103 @@ class RedisBroker(Broker):
                 "Redis unavailable at start (%s); delivering from the database", exc
             )
         await self.fanout.start()
-        self._task = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(
             self._read_forever(), context=contextvars.Context()
         )
+        self._slots_task = loop.create_task(
+            self._keep_slots(), context=contextvars.Context()
+        )
+
+    @property
+    def _slots_ttl_ms(self) -> int:
+        return max(int(self.resync_seconds * 1000), 1000)
+
+    async def acquire_slot(self, user_id: int, cap: int) -> bool:
+        await self._ensure_started()
+        held = self._slots.get(user_id, 0) + 1
+        self._slots[user_id] = held  # reserved while Redis answers
+        try:
+            async with asyncio.timeout(1):
+                admitted = await self._acquire(
+                    keys=[self._slot_set, self._slot_key],
+                    args=[user_id, cap, self._slots_ttl_ms, held],
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Without Redis each process can only count its own streams.
+            logger.debug("counting streams locally (%s)", exc)
+            self.release_slot(user_id)
+            return await super().acquire_slot(user_id, cap)
+        if not admitted:
+            self.release_slot(user_id)
+            return False
+        if admitted == 2 and len(self._slots) > 1:
+            self._slots_rewrite = True
+            self._slots_wakeup.set()
+        return True
+
+    def release_slot(self, user_id: int) -> None:
+        super().release_slot(user_id)
+        self._slots_changed.add(user_id)
+        self._slots_wakeup.set()
+
+    async def _keep_slots(self) -> None:
+        """Write changed counts soon, and keep this process's hash alive."""
+        every = self._slots_ttl_ms / 3000
+        next_refresh = 0.0
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, next_refresh - time.monotonic())):
+                    await self._slots_wakeup.wait()
+            except TimeoutError:
+                pass
+            self._slots_wakeup.clear()
+            try:
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + every
+                    await self._refresh_slots()
+                elif self._slots_changed:
+                    await self._write_slots()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                logger.debug("stream counts not written (%s)", exc)
+                self._slots_rewrite = True
+                await asyncio.sleep(min(every, 1.0))
+
+    async def _write_slots(self) -> None:
+        changed, self._slots_changed = self._slots_changed, set()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for user_id in changed:
+                held = self._slots.get(user_id, 0)
+                if held:
+                    pipe.hset(self._slot_key, str(user_id), held)
+                else:
+                    pipe.hdel(self._slot_key, str(user_id))
+            await pipe.execute()
+
+    async def _refresh_slots(self) -> None:
+        if not self._slots:
+            self._slots_changed.clear()
+            await self._client.delete(self._slot_key)
+            return
+        if not self._slots_rewrite:
+            if await self._client.pexpire(self._slot_key, self._slots_ttl_ms):
+                if self._slots_changed:
+                    await self._write_slots()
+                return
+        # Gone (Redis restarted, or this loop stalled past the ttl) or
+        # unknown: write every count again.
+        self._slots_rewrite = False
+        self._slots_changed.clear()
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(self._slot_key)
+            pipe.hset(
+                self._slot_key, mapping={str(k): v for k, v in self._slots.items()}
+            )
+            pipe.pexpire(self._slot_key, self._slots_ttl_ms)
+            pipe.sadd(self._slot_set, self._slot_key)
+            await pipe.execute()
 
     async def _connect(self) -> None:
         pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)
@@ -212,11 +355,15 @@ class RedisBroker(Broker):
         return found
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await stop_task(task)
+        for task in (self._task, self._slots_task):
+            if task is not None:
+                await stop_task(task)
+        self._task = self._slots_task = None
         if self._started:
             with contextlib.suppress(RedisError, OSError):
-                await self._client.delete(f"{self.prefix}presence:{self.instance}")
+                await self._client.delete(
+                    f"{self.prefix}presence:{self.instance}", self._slot_key
+                )
+                await self._client.srem(self._slot_set, self._slot_key)
         await self._drop_pubsub()
         await self._client.aclose()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from notify import caps
 from notify.history import aload_viewer
 from notify.opening import OpenerBusyError, aopen_stream
 from notify.permissions import Caller
@@ -102,7 +103,19 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
         return unauthenticated(bad_token=identity.bad_token)
     if errors:
         return field_errors(errors)
-    return EventStreamResponse(event_stream(opening), request)
+    slot = await caps.acquire(identity.user_id)
+    if slot is None:
+        return _too_many()
+    response = EventStreamResponse(event_stream(opening), request)
+    # Closers run however the response ends, even if it never started.
+    response._resource_closers.append(slot.release)  # type: ignore[attr-defined]
+    return response
+
+
+def _too_many() -> HttpResponseBase:
+    return error(
+        429, "too many open streams for this user", Retry_After=caps.retry_after()
+    )
 
 
 @csrf_exempt
@@ -123,7 +136,19 @@ async def poll_events(request: HttpRequest, caller: Caller) -> HttpResponseBase:
                 errors["timeout"] = [f"Must be between 0 and {POLL_MAX:g} seconds."]
     if errors:
         return field_errors(errors)
-    viewer = await aload_viewer(caller.user_id)
-    response = json_response(await poll(viewer, after, timeout))
+    slot = await caps.acquire(caller.user_id)
+    if slot is None:
+        return _too_many()
+    try:
+        viewer = await aload_viewer(caller.user_id)
+        credential = caller.token.pk if caller.token else _session_key(request)
+        response = json_response(await poll(viewer, after, timeout, credential))
+    finally:
+        slot.release()
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _session_key(request: HttpRequest) -> str | None:
+    session = getattr(request, "session", None)
+    return getattr(session, "session_key", None)

@@ -24,6 +24,20 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def manage(env: dict[str, str], *argv: str) -> str:
+    """Run ``manage.py`` in a process of its own; its output, once it succeeded."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,273 @@
+"""Access re-checks: an open stream ends once its credential stops being valid.
+
+A stream is opened with one credential (:attr:`Identity.credential`): an API
+token (its primary key) or a session (its key). Whatever invalidates one is a
+model signal in the process that made the change (a request, the admin, a
+shell, ``notify_token revoke``, a worker), and becomes a broker message, so it
+reaches every server process (through Redis) within milliseconds:
+
+- ``revoke <target>`` for a change whose outcome is known: a logout, a deleted
+  session, a deleted token, a deactivated or deleted user. The fanout queues
+  ``event: revoked`` as the last frame of the matching streams of that user;
+  each then ends, and a reconnect with the same credential gets 401.
+- ``recheck`` for a change that needs the database to tell: a user saved (a
+  new password ends the sessions whose hash no longer matches), group
+  membership changed. The :class:`Rechecker` of each process re-runs the
+  credential check for that user's streams on the opening thread, and also
+  whenever a session reaches its expiry.
+
+Groups: a stream that left a group stops receiving that group's messages at
+once (its routing changes in place); a stream that joined one is closed with a
+short ``retry:``, and the browser reconnects with its cursor, so the database
+replays whatever the new group got meanwhile, in order.
+
+The session key never leaves the process: messages name a session by a digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import heapq
+import logging
+import random
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from django.conf import settings
+from django.contrib import auth
+from django.http import HttpRequest
+
+from notify import metrics, sse
+from notify.broker import Broker, Message, Subscription
+from notify.credentials import identify
+from notify.history import load_viewer
+from notify.models import APIToken
+from notify.opening import get_opener
+from notify.prepared import Prepared
+
+logger = logging.getLogger(__name__)
+
+LOGGED_OUT = "logged-out"
+SESSION_ENDED = "session-ended"
+TOKEN_REVOKED = "token-revoked"
+USER_INACTIVE = "user-inactive"
+
+EVERY_CREDENTIAL = "*"
+
+
+def credential_key(credential: int | str | None) -> str:
+    """How messages name a credential: ``t<token id>`` or ``s<digest>``."""
+    if isinstance(credential, int):
+        return f"t{credential}"
+    if isinstance(credential, str):
+        return "s" + hashlib.sha256(credential.encode()).hexdigest()[:32]
+    return ""
+
+
+def matches(sub: Subscription, target: str) -> bool:
+    return sub.credential is not None and credential_key(sub.credential) == target
+
+
+def _channels(user_ids: Iterable[int]) -> tuple[str, ...]:
+    return tuple(sorted({f"user:{int(pk)}" for pk in user_ids}))
+
+
+def revoke_message(user_id: int, target: str, reason: str) -> Message:
+    """End ``user_id``'s streams opened with ``target`` (or every one)."""
+    frame = sse.event("revoked", {"reason": reason})
+    return Message(0, _channels([user_id]), frame, control=f"revoke {target}")
+
+
+def recheck_message(user_ids: Iterable[int]) -> Message:
+    """Ask every process to check these users' streams against the database."""
+    return Message(0, _channels(user_ids), b"", control="recheck")
+
+
+def reconnect_message() -> Message:
+    """End a stream so that its browser reconnects soon, cursor in hand: a
+    ``retry:`` spread over a second keeps a large group change from turning
+    into one burst of reconnects."""
+    frame = sse.retry(random.randint(250, 1500))
+    return Message(0, (), frame, control="reconnect")
+
+
+def _user_of(sub: Subscription) -> int:
+    for channel in sub.channels:
+        if channel.startswith("user:"):
+            return int(channel[5:])
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of a re-check: ``reason`` to end the stream (None: it
+    stays), the channels it is entitled to now, and when to look again."""
+
+    reason: str | None
+    channels: frozenset[str] = frozenset()
+    expires: float | None = None
+
+
+_LIVE_TOKEN = Prepared(
+    lambda pk, user_id: APIToken.objects.filter(
+        pk=pk, user_id=user_id, user__is_active=True
+    ).values_list("pk"),
+    [int, int],
+)
+
+
+def _user_active(user_id: int) -> bool:
+    user_model: Any = auth.get_user_model()
+    user = user_model._default_manager.filter(pk=user_id).first()
+    return user is not None and getattr(user, "is_active", True)
+
+
+def _session_request(key: str) -> HttpRequest:
+    """A request carrying nothing but this session, for :func:`identify`."""
+    request = HttpRequest()
+    request.COOKIES[settings.SESSION_COOKIE_NAME] = key
+    engine = import_module(settings.SESSION_ENGINE)
+    request.session = engine.SessionStore(key)
+    return request
+
+
+def check(items: Sequence[tuple[int, int | str | None]]) -> list[Verdict]:
+    """Re-check ``(user id, credential)`` pairs against the database
+    (synchronous: it runs on the opening thread)."""
+    channels: dict[int, frozenset[str]] = {}
+    verdicts = []
+    for user_id, credential in items:
+        if user_id not in channels:
+            active = _user_active(user_id)
+            channels[user_id] = load_viewer(user_id).channels if active else frozenset()
+        if not channels[user_id]:
+            verdicts.append(Verdict(USER_INACTIVE))
+        elif isinstance(credential, int):
+            alive = _LIVE_TOKEN.rows(credential, user_id)
+            verdicts.append(
+                Verdict(None if alive else TOKEN_REVOKED, channels[user_id])
+            )
+        elif isinstance(credential, str):
+            identity = identify(_session_request(credential))
+            if identity.user_id != user_id:
+                verdicts.append(Verdict(SESSION_ENDED))
+            else:
+                verdicts.append(Verdict(None, channels[user_id], identity.expires))
+        else:
+            verdicts.append(Verdict(None, channels[user_id]))
+    return verdicts
+
+
+class Rechecker:
+    """Per event loop: runs ``recheck`` messages and session expiries.
+
+    Subscriptions to look at collect in a set, and one task at a time checks
+    them all in one trip to the opening thread, so a burst of changes costs
+    one database round per burst, not one per stream.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._loop = asyncio.get_running_loop()
+        self._pending: set[Subscription] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._expiries: list[tuple[float, int, Subscription]] = []
+        self._pushed = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._due_at = float("inf")
+
+    def __call__(self, subs: Sequence[Subscription]) -> None:
+        self._pending.update(subs)
+        if self._task is None:
+            self._task = self._loop.create_task(
+                self._run(), context=contextvars.Context()
+            )
+
+    def expire_at(self, sub: Subscription, expires: float) -> None:
+        """Re-check ``sub`` when its session expires (POSIX time)."""
+        self._pushed += 1
+        if self._pushed > 64 and self._pushed > len(self._expiries) // 2:
+            self._expiries = [e for e in self._expiries if not e[2].ended]
+            heapq.heapify(self._expiries)
+            self._pushed = 0
+        heapq.heappush(self._expiries, (expires, id(sub), sub))
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self._expiries:
+            return
+        due = self._expiries[0][0]
+        if due >= self._due_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due_at = due
+        delay = max(0.0, due - time.time())
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._expired)
+
+    def _expired(self) -> None:
+        self._timer, self._due_at = None, float("inf")
+        now = time.time()
+        due = []
+        while self._expiries and self._expiries[0][0] <= now:
+            _, _, sub = heapq.heappop(self._expiries)
+            if not sub.ended:
+                due.append(sub)
+        if due:
+            self(due)
+        self._arm()
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                subs = [s for s in self._pending if not (s.ended or s.lagged)]
+                self._pending.clear()
+                if not subs:
+                    continue
+                items = [(_user_of(s), s.credential) for s in subs]
+                try:
+                    verdicts = await get_opener().run(check, items)
+                except Exception:
+                    logger.exception("re-checking %d streams failed", len(subs))
+                    await asyncio.sleep(1)
+                    self._pending.update(subs)
+                    continue
+                for sub, verdict in zip(subs, verdicts, strict=True):
+                    self._apply(sub, verdict)
+        finally:
+            self._task = None
+
+    def _apply(self, sub: Subscription, verdict: Verdict) -> None:
+        if sub.ended or sub.lagged:
+            return
+        if verdict.reason is not None:
+            sub.end(revoke_message(_user_of(sub), EVERY_CREDENTIAL, verdict.reason))
+            metrics.REVOKED.inc()
+            return
+        if verdict.channels != sub.channels:
+            if verdict.channels <= sub.channels:
+                self._broker.resubscribe(sub, verdict.channels)
+            else:
+                sub.end(reconnect_message())
+                return
+        if verdict.expires is not None:
+            self.expire_at(sub, verdict.expires)
+
+
+_recheckers: weakref.WeakKeyDictionary[Broker, Rechecker] = weakref.WeakKeyDictionary()
+
+
+def rechecker(broker: Broker) -> Rechecker:
+    """The broker's rechecker, hooked into its fanout on first use."""
+    found = _recheckers.get(broker)
+    if found is None:
+        found = _recheckers[broker] = Rechecker(broker)
+        broker.fanout.on_recheck = found
+        broker.fanout.matches = matches
+    return found

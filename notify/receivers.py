@@ -1,0 +1,134 @@
+"""Model and auth signals that end or re-check open streams (see
+:mod:`notify.access`), connected by ``NotifyConfig.ready``.
+
+Each receiver runs in the process that made the change and hands a message to
+the broker once the change is committed, as :func:`notify.publish` does; with
+Redis, every server process gets it.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import import_module
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
+
+from notify.access import (
+    EVERY_CREDENTIAL,
+    LOGGED_OUT,
+    SESSION_ENDED,
+    TOKEN_REVOKED,
+    USER_INACTIVE,
+    credential_key,
+    recheck_message,
+    revoke_message,
+)
+from notify.broker import Message
+from notify.models import APIToken
+
+logger = logging.getLogger(__name__)
+
+
+def _announce(message: Message) -> None:
+    from notify.publish import send
+
+    transaction.on_commit(lambda: async_to_sync(send)(message, count=False))
+
+
+def _logged_out(sender: Any, request: Any, user: Any, **_: Any) -> None:
+    key = getattr(getattr(request, "session", None), "session_key", None)
+    if user is not None and user.pk is not None and key:
+        _announce(revoke_message(user.pk, credential_key(key), LOGGED_OUT))
+
+
+def _session_deleted(sender: Any, instance: Any, **_: Any) -> None:
+    try:
+        data = instance.get_decoded()
+        user_id = int(data.get(auth.SESSION_KEY))
+    except (TypeError, ValueError, AttributeError):
+        return  # not a signed-in session, or not one we can read
+    _announce(
+        revoke_message(user_id, credential_key(instance.session_key), SESSION_ENDED)
+    )
+
+
+def _token_deleted(
+    sender: Any, instance: APIToken, origin: Any = None, **_: Any
+) -> None:
+    model = getattr(origin, "model", type(origin))
+    if origin is not None and model is not APIToken:
+        return  # deleted with its user, which says so itself
+    _announce(
+        revoke_message(instance.user_id, credential_key(instance.pk), TOKEN_REVOKED)
+    )
+
+
+def _user_saved(
+    sender: Any, instance: Any, created: bool, update_fields: Any, **_: Any
+) -> None:
+    if created or (update_fields is not None and set(update_fields) == {"last_login"}):
+        return  # nobody streams yet; a login changes nothing for open streams
+    if not getattr(instance, "is_active", True):
+        _announce(revoke_message(instance.pk, EVERY_CREDENTIAL, USER_INACTIVE))
+    else:
+        # A new password (the session hash), or nothing that matters: the
+        # database tells.
+        _announce(recheck_message([instance.pk]))
+
+
+def _user_deleted(sender: Any, instance: Any, **_: Any) -> None:
+    _announce(revoke_message(instance.pk, EVERY_CREDENTIAL, USER_INACTIVE))
+
+
+_CLEARING = "_notify_clearing"
+
+
+def _groups_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **_: Any
+) -> None:
+    user_model = auth.get_user_model()
+    if not isinstance(instance, user_model):
+        if action == "pre_clear":  # group.user_set.clear(): who is leaving
+            setattr(instance, _CLEARING, list(instance.user_set.values_list("pk")))
+            return
+        if action == "post_clear":
+            users = [pk for (pk,) in getattr(instance, _CLEARING, [])]
+        else:
+            users = list(pk_set or ())
+    else:
+        users = [instance.pk]
+    if action in ("post_add", "post_remove", "post_clear") and users:
+        _announce(recheck_message(users))
+
+
+def _session_model() -> Any:
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    get_model = getattr(store, "get_model_class", None)
+    return get_model() if get_model is not None else None
+
+
+def connect() -> None:
+    user_model = auth.get_user_model()
+    uid = "notify.receivers."
+    user_logged_out.connect(_logged_out, dispatch_uid=uid + "logged_out")
+    post_delete.connect(_token_deleted, sender=APIToken, dispatch_uid=uid + "token")
+    post_save.connect(_user_saved, sender=user_model, dispatch_uid=uid + "user_saved")
+    post_delete.connect(
+        _user_deleted, sender=user_model, dispatch_uid=uid + "user_deleted"
+    )
+    groups = getattr(user_model, "groups", None)
+    if groups is not None:
+        m2m_changed.connect(
+            _groups_changed, sender=groups.through, dispatch_uid=uid + "groups"
+        )
+    session_model = _session_model()
+    if session_model is not None:
+        post_delete.connect(
+            _session_deleted, sender=session_model, dispatch_uid=uid + "session"
+        )
