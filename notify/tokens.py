@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
+from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
 from notify.models import APIToken
 from notify.prepared import Prepared
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "ntf_"
 
@@ -84,13 +89,20 @@ TOUCH_EVERY = 60.0  # seconds between two writes of a token's last_used_at
 # Keyed by the hash, not the id: a deleted token's id can come back.
 _touched: dict[str, float] = {}
 
+# The writes run on a thread of their own, so that authenticating never waits
+# for the database's write lock (SQLite's is held by every publish, and may be
+# by another process for seconds).
+_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-token-used")
+
 
 def touch(key_hash: str) -> None:
     """Record that the token with ``key_hash`` authenticated a request.
 
     At most one UPDATE per token and process a minute, and it writes only
     when the stored time is older than that, so a busy token costs no write
-    per request however many processes serve it."""
+    per request however many processes serve it. The UPDATE runs on another
+    thread once the caller's transaction (if any) commits; the caller never
+    waits for it."""
     now = time.monotonic()
     if now - _touched.get(key_hash, -TOUCH_EVERY) < TOUCH_EVERY:
         return
@@ -100,10 +112,19 @@ def touch(key_hash: str) -> None:
                 del _touched[key]
     _touched[key_hash] = now
     used = timezone.now()
+    transaction.on_commit(lambda: _writer.submit(_write_used, key_hash, used))
+
+
+def _write_used(key_hash: str, used: datetime) -> None:
+    close_old_connections()  # as a request would: CONN_MAX_AGE, broken ones
     stale = Q(last_used_at__isnull=True) | Q(
         last_used_at__lt=used - timedelta(seconds=TOUCH_EVERY)
     )
-    APIToken.objects.filter(stale, key_hash=key_hash).update(last_used_at=used)
+    try:
+        APIToken.objects.filter(stale, key_hash=key_hash).update(last_used_at=used)
+    except DatabaseError as exc:
+        _touched.pop(key_hash, None)  # tried again at its next use
+        logger.warning("an API token's last use was not recorded (%s)", exc)
 
 
 abearer = sync_to_async(bearer)
