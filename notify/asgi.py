@@ -5,11 +5,12 @@ first ``sync_to_async`` call inside it (the ``request_started`` receivers,
 session and auth middleware, the ORM) creates a one-thread executor that lives
 until the response ends, so every open event stream pins a thread, and with it
 that thread's database connection. Here each request instead enters a context
-bound to one of a small, fixed pool of single-thread executors (asgiref's
-``ThreadSensitiveContext(executor=)``); Django's own inner context reuses it.
-Sync work of a request still runs on one thread, as Django expects, but threads
-and database connections stay at ``NOTIFY_SYNC_THREADS`` however many streams
-are open.
+bound to one of a small pool of single-thread executors (asgiref's
+``ThreadSensitiveContext(executor=)``), chosen at its first synchronous call
+so that a thread waiting for a database lock is passed over
+(``notify/workers.py``); Django's own inner context reuses it. Sync work of a
+request still runs on one thread, as Django expects, but threads and database
+connections stay at ``NOTIFY_SYNC_THREADS`` however many streams are open.
 
 Stock Django also runs each request in two extra tasks (the view and its
 response, and a listener for ``http.disconnect``) raced with ``asyncio.wait``,
@@ -26,9 +27,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
-import itertools
-from collections.abc import AsyncIterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import django
@@ -52,6 +52,7 @@ from notify.bodylimit import (
 )
 from notify.broker import is_serving, serving
 from notify.pruning import start_pruner
+from notify.workers import WorkerPool
 
 
 class _DisconnectWatcher:
@@ -92,10 +93,12 @@ class _RequestExecutor(Executor):
     looked up then, not when the request started.)
     """
 
-    __slots__ = ("_executor", "_pending")
+    __slots__ = ("_executor", "_pending", "_pick")
 
-    def __init__(self, executor: Executor) -> None:
-        self._executor = executor
+    def __init__(self, pick: Callable[[], Executor]) -> None:
+        # The thread is chosen at the first call (notify/workers.py).
+        self._executor: Executor | None = None
+        self._pick = pick
         # (sender, scope) of a request_started whose sync receivers are due:
         # a stream keeps this for hours, so no closure, just the two.
         self._pending: tuple[type, Any] | None = None
@@ -104,14 +107,17 @@ class _RequestExecutor(Executor):
         self._pending = (sender, scope)
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = self._pick()
         pending, self._pending = self._pending, None
         if pending is None:
-            return self._executor.submit(fn, *args, **kwargs)
+            return executor.submit(fn, *args, **kwargs)
         # A work item of its own, ahead of ``fn`` on the same single thread:
         # if the caller is cancelled before ``fn`` starts, the receivers still
         # run. Their failure is the call's failure, as with Django's asend().
-        started = self._executor.submit(_send_started_sync, *pending)
-        return self._executor.submit(_after, started, fn, args, kwargs)
+        started = executor.submit(_send_started_sync, *pending)
+        return executor.submit(_after, started, fn, args, kwargs)
 
 
 def _after(started: Future[Any], fn: Any, args: Any, kwargs: Any) -> Any:
@@ -149,11 +155,7 @@ async def send_request_started(
 class ThreadPoolASGIHandler(ASGIHandler):
     def __init__(self, threads: int) -> None:
         super().__init__()
-        self.executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"notify-sync-{i}")
-            for i in range(threads)
-        ]
-        self._next = itertools.cycle(self.executors)
+        self.workers = WorkerPool(threads)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -161,7 +163,7 @@ class ThreadPoolASGIHandler(ASGIHandler):
         if not is_serving():
             serving()
             start_pruner()
-        executor = _RequestExecutor(next(self._next))
+        executor = _RequestExecutor(self.workers.pick)
         async with ThreadSensitiveContext(executor=executor):
             await self.handle(scope, receive, send, executor)
 

@@ -74,6 +74,12 @@ def _proxy_ssl_header(value: str) -> tuple[str, str] | None:
     return "HTTP_" + name.upper().replace("-", "_"), expected
 
 
+# How long a query waits for a lock (SQLite's write lock, a PostgreSQL row or
+# advisory lock) before it fails, and the client gets a 503.
+DATABASE_LOCK_TIMEOUT = env(
+    "DATABASE_LOCK_TIMEOUT", lambda v: parse_seconds(v, minimum=0.1), 20.0
+)
+
 SQLITE = "django.db.backends.sqlite3"
 POSTGRESQL = "django.db.backends.postgresql"
 
@@ -97,7 +103,7 @@ def _database(value: str) -> dict[str, Any]:
         # lets readers (streams replaying) run beside a writer.
         config["OPTIONS"] = {
             "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
+            "timeout": DATABASE_LOCK_TIMEOUT,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
         # The ASGI handler runs sync work on a small fixed pool of threads, and
@@ -110,7 +116,8 @@ def _database(value: str) -> dict[str, Any]:
         # Like SQLite's timeout: a connection or a lock that takes longer is
         # an error (a 503 to the client), not a request hanging on.
         options.setdefault("connect_timeout", 10)
-        options.setdefault("options", "-c lock_timeout=20s")
+        lock_ms = round(DATABASE_LOCK_TIMEOUT * 1000)
+        options.setdefault("options", f"-c lock_timeout={lock_ms}")
     return dict(config)
 
 
