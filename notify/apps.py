@@ -9,8 +9,10 @@ class NotifyConfig(AppConfig):
     def ready(self) -> None:
         from django.core.signals import setting_changed
 
-        from notify import checks  # noqa: F401 - registers the system checks
-        from notify import receivers
+        from notify import (
+            checks,  # noqa: F401 - registers the system checks
+            receivers,
+        )
         from notify.broker import reset_brokers
         from notify.conf import conf
 

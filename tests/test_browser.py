@@ -33,8 +33,9 @@ from playwright.async_api import (
 from notify.publish import persist
 from notify.validation import validate
 from tests.support.metrics import samples
-from tests.support.servers import UvicornServer, auth, need
+from tests.support.servers import UvicornServer, auth, manage, need
 from tests.support.stack import Nginx, QuickPBKDF2PasswordHasher, collectstatic
+from tests.test_access import Stream
 
 pytestmark = pytest.mark.browser
 
@@ -543,3 +544,74 @@ async def test_django_eventstream_client_receives_and_resumes_with_its_cursor(
     await expect(page.locator(f'#received li[data-id="{missed}"]')).to_have_count(1)
     await expect(page.locator("#received li")).to_have_count(2)
     assert any(f"lastEventId={first}" in url for url in streams), streams
+
+
+async def test_a_revoked_session_signs_the_page_out(browsing, stack, server_env):
+    page = await browsing.inbox("alice")
+    cookies = await page.context.cookies()
+    key = next(c["value"] for c in cookies if c["name"] == "sessionid")
+    env = server_env | {"REDIS_URL": stack.workers[0].env["REDIS_URL"]}
+    code = "from django.contrib.sessions.backends.db import SessionStore\n" + (
+        f"SessionStore({key!r}).flush()"
+    )
+    await asyncio.to_thread(manage, env, "shell", "-c", code)
+    await page.wait_for_url(re.compile(r"/accounts/login/\?next="), timeout=5000)
+
+
+async def test_over_the_cap_the_page_backs_off_and_all_its_tabs_share_one_slot(
+    browsing: Browsing, stack: Stack
+) -> None:
+    session = await session_for(browsing.users["alice"])
+    cookies = {"sessionid": session}
+    # 20 streams (the default cap) held by another program of alice's.
+    held = [Stream(stack.url, cookies=cookies) for _ in range(20)]
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(s.ready.wait() for s in held))
+    assert {s.status for s in held} == {200}
+    async with (
+        httpx.AsyncClient(timeout=10, cookies=cookies) as client,
+        client.stream("GET", stack.url + "/events/") as refused,
+    ):
+        assert refused.status_code == 429
+
+    context = await browsing.context()
+    await context.add_cookies(
+        [{"name": "sessionid", "value": session, "url": stack.url}]
+    )
+    page = await browsing.page(context)
+    asked: list[int] = []
+    page.on(
+        "response",
+        lambda r: asked.append(r.status) if "/events/" in r.url else None,
+    )
+    await page.goto("/")
+    await expect(connection(page)).to_have_attribute("data-status", "reconnecting")
+    await asyncio.sleep(4)
+    # Refused (429), then waiting out Retry-After: a handful of requests.
+    assert 429 in asked
+    assert len(asked) <= 6, asked
+
+    # Three more tabs of the same browser: still one connection between them.
+    tabs = [page]
+    for _ in range(3):
+        tab = await browsing.page(context)
+        await tab.goto("/")
+        tabs.append(tab)
+    for stream in held[:19]:
+        await stream.close()
+    for tab in tabs:
+        await expect(connection(tab)).to_have_attribute("data-status", "live")
+
+    async def two_streams() -> bool:
+        return await stack.open_streams() == 2  # the one left held + the tabs'
+
+    await wait_until(two_streams, "the tabs share one stream")
+    async with httpx.AsyncClient(timeout=10, cookies=cookies) as client:
+        extra = [Stream(stack.url, cookies=cookies) for _ in range(18)]
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(s.ready.wait() for s in extra))
+        assert {s.status for s in extra} == {200}  # 20 in all: the cap
+        async with client.stream("GET", stack.url + "/events/") as refused:
+            assert refused.status_code == 429
+    for stream in [*extra, held[19]]:
+        await stream.close()

@@ -138,6 +138,7 @@ class RedisBroker(Broker):
         self._slots_rewrite = False
         self._slots_task: asyncio.Task[None] | None = None
         self._slots_wakeup = asyncio.Event()
+        self._slots_lock = asyncio.Lock()
 
     async def _send(self, message: Message) -> None:
         await self._client.publish(self.channel, encode(message))
@@ -175,26 +176,28 @@ class RedisBroker(Broker):
 
     async def acquire_slot(self, user_id: int, cap: int) -> bool:
         await self._ensure_started()
-        held = self._slots.get(user_id, 0) + 1
-        self._slots[user_id] = held  # reserved while Redis answers
-        try:
-            async with asyncio.timeout(1):
-                admitted = await self._acquire(
-                    keys=[self._slot_set, self._slot_key],
-                    args=[user_id, cap, self._slots_ttl_ms, held],
-                )
-        except (RedisError, OSError, TimeoutError) as exc:
-            # Without Redis each process can only count its own streams.
-            logger.debug("counting streams locally (%s)", exc)
-            self.release_slot(user_id)
-            return await super().acquire_slot(user_id, cap)
-        if not admitted:
-            self.release_slot(user_id)
-            return False
-        if admitted == 2 and len(self._slots) > 1:
-            self._slots_rewrite = True
-            self._slots_wakeup.set()
-        return True
+        # One at a time per process: each script writes this process's count
+        # as it will be, which a concurrent admission would make stale.
+        async with self._slots_lock:
+            held = self._slots.get(user_id, 0) + 1
+            try:
+                async with asyncio.timeout(1):
+                    admitted = await self._acquire(
+                        keys=[self._slot_set, self._slot_key],
+                        args=[user_id, cap, self._slots_ttl_ms, held],
+                    )
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Without Redis each process can only count its own streams.
+                logger.debug("counting streams locally (%s)", exc)
+                self._slots_rewrite = True
+                return await super().acquire_slot(user_id, cap)
+            if not admitted:
+                return False
+            self._slots[user_id] = held
+            if admitted == 2 and len(self._slots) > 1:
+                self._slots_rewrite = True
+                self._slots_wakeup.set()
+            return True
 
     def release_slot(self, user_id: int) -> None:
         super().release_slot(user_id)
@@ -213,11 +216,14 @@ class RedisBroker(Broker):
                 pass
             self._slots_wakeup.clear()
             try:
-                if time.monotonic() >= next_refresh:
-                    next_refresh = time.monotonic() + every
-                    await self._refresh_slots()
-                elif self._slots_changed:
-                    await self._write_slots()
+                # Not while a script admits a stream: what is written here
+                # is this process's counts as they are.
+                async with self._slots_lock:
+                    if time.monotonic() >= next_refresh:
+                        next_refresh = time.monotonic() + every
+                        await self._refresh_slots()
+                    elif self._slots_changed:
+                        await self._write_slots()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as exc:
@@ -237,26 +243,27 @@ class RedisBroker(Broker):
             await pipe.execute()
 
     async def _refresh_slots(self) -> None:
-        if not self._slots:
-            self._slots_changed.clear()
-            await self._client.delete(self._slot_key)
+        if not self._slots and not self._slots_rewrite:
+            if self._slots_changed:
+                await self._write_slots()  # the last ones to remove
             return
-        if not self._slots_rewrite:
-            if await self._client.pexpire(self._slot_key, self._slots_ttl_ms):
-                if self._slots_changed:
-                    await self._write_slots()
-                return
+        if not self._slots_rewrite and await self._client.pexpire(
+            self._slot_key, self._slots_ttl_ms
+        ):
+            if self._slots_changed:
+                await self._write_slots()
+            return
         # Gone (Redis restarted, or this loop stalled past the ttl) or
         # unknown: write every count again.
         self._slots_rewrite = False
         self._slots_changed.clear()
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.delete(self._slot_key)
-            pipe.hset(
-                self._slot_key, mapping={str(k): v for k, v in self._slots.items()}
-            )
-            pipe.pexpire(self._slot_key, self._slots_ttl_ms)
-            pipe.sadd(self._slot_set, self._slot_key)
+            if self._slots:
+                counts = [x for pair in self._slots.items() for x in pair]
+                pipe.hset(self._slot_key, items=counts)
+                pipe.pexpire(self._slot_key, self._slots_ttl_ms)
+                pipe.sadd(self._slot_set, self._slot_key)
             await pipe.execute()
 
     async def _connect(self) -> None:

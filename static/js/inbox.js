@@ -311,7 +311,6 @@ async function start() {
   const client = connect({
     url: config.events,
     pollUrl: config.poll,
-    probeUrl: listUrl({ limit: 1 }),
     loginUrl: config.login,
     lastEventId: newest,
     shareKey: config.user,

@@ -14,7 +14,10 @@
  *   up on a stream (any non-200 answer, such as a 502 during a deploy, or a
  *   network failure), it opens a new one after a jittered backoff with
  *   ?last_event_id=, since a new EventSource cannot send Last-Event-ID.
- *   A 401 sends the person to the login page.
+ *   A 401, or an `event: revoked` (a logout elsewhere, a revoked token, a
+ *   deactivated account), means signed out: it stops and sends the person to
+ *   the login page. A 429 (too many streams for this user) or a 503 waits
+ *   the answer's Retry-After before trying again.
  * - One connection for all tabs of an origin: the tab holding a Web Lock
  *   leads and fans events out on a BroadcastChannel. When it closes, the next
  *   tab takes the lock and resumes from the highest id it has seen. Without
@@ -32,7 +35,7 @@
 const DEFAULTS = {
   url: "/events/",
   pollUrl: null, // defaults to `${url}poll`
-  probeUrl: "/api/notifications?limit=1",
+  probeUrl: null, // defaults to the stream's url
   loginUrl: "/accounts/login/",
   lastEventId: null,
   share: true,
@@ -53,6 +56,13 @@ const toId = (value) => {
   const id = Number(value);
   return Number.isSafeInteger(id) && id >= 0 ? id : null;
 };
+
+// A Retry-After in seconds, spread by up to a second; 0 when there is none.
+function retryAfter(response) {
+  const seconds = Number(response.headers.get("Retry-After"));
+  if (!(response.status === 429 || response.status === 503) || !(seconds > 0)) return 0;
+  return Math.min(seconds, 600) * 1000 + Math.random() * 1000;
+}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -354,6 +364,7 @@ class NotifyClient {
     );
     source.addEventListener("read", mine((e) => this.withJson(e, (r) => this.read(r))));
     source.addEventListener("reset", mine((e) => this.withJson(e, (r) => this.reset(r))));
+    source.addEventListener("revoked", mine(() => this.unauthorized()));
     source.onerror = mine(() => this.onStreamError(source));
     // Nothing within a few seconds of asking: something on the way holds
     // the bytes back (a 502 or a 401 would have been an error by now).
@@ -400,27 +411,33 @@ class NotifyClient {
   }
 
   async afterFailure(retry) {
-    const status = await this.probe();
+    const { status, wait } = await this.probe();
     if (this.closed || !this.leading) return;
     if (status === 401) {
       this.unauthorized();
       return;
     }
-    this.later(retry, this.backoff());
+    this.later(retry, Math.max(wait, this.backoff()));
   }
 
   // EventSource hides status codes; a plain request tells a signed-out
-  // session (401) from a server that is away (502, no answer).
+  // session (401) or a full quota of streams (429) from a server that is
+  // away (502, no answer). Without a probeUrl it asks the stream itself and
+  // drops the answer's body at once.
   async probe() {
+    const abort = new AbortController();
     try {
-      const response = await fetch(this.options.probeUrl, {
+      const url = this.options.probeUrl || this.options.url;
+      const response = await fetch(url, {
         credentials: "same-origin",
         cache: "no-store",
-        headers: { Accept: "application/json" },
+        signal: abort.signal,
       });
-      return response.status;
+      return { status: response.status, wait: retryAfter(response) };
     } catch {
-      return 0;
+      return { status: 0, wait: 0 };
+    } finally {
+      abort.abort();
     }
   }
 
@@ -459,12 +476,12 @@ class NotifyClient {
       headers: { Accept: "application/json" },
       signal: abort?.signal,
     });
-    if (response.status === 401) {
-      const error = new Error("signed out");
-      error.status = 401;
+    if (!response.ok) {
+      const error = new Error(`poll answered ${response.status}`);
+      error.status = response.status;
+      error.wait = retryAfter(response);
       throw error;
     }
-    if (!response.ok) throw new Error(`poll answered ${response.status}`);
     return response.json();
   }
 
@@ -497,7 +514,7 @@ class NotifyClient {
         }
         this.setState({ status: "reconnecting", transport: "poll" });
         timeout = 0;
-        await sleep(this.backoff());
+        await sleep(Math.max(error.wait || 0, this.backoff()));
       }
     }
   }
