@@ -59,6 +59,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="token",
         help="how the streams authenticate: bearer token or session cookie",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NOTIFY_NAME=VALUE",
+        help="a setting for notify's server (repeatable), e.g. "
+        "NOTIFY_MAX_STREAMS_PER_USER=0",
+    )
     parser.add_argument("--no-doc", action="store_true", help="leave docs/ alone")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
@@ -71,6 +79,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.target_names) - {"reference", "notify"}
     if unknown or not args.target_names:
         parser.error(f"unknown --targets: {', '.join(sorted(unknown)) or '(none)'}")
+    for setting in args.setting:
+        name, equals, _ = setting.partition("=")
+        if not (equals and name.startswith("NOTIFY_")):
+            parser.error(f"--setting takes NOTIFY_NAME=VALUE, not {setting!r}")
     return args
 
 
@@ -127,6 +139,7 @@ async def _run(
     try:
         db_path = workdir / "bench.sqlite3"
         env = notify_env(db_path, redis_url)
+        env.update(setting.split("=", 1) for setting in args.setting)
         _log(f"database: migrate and {max(args.counts)} users with tokens")
         seeded = await asyncio.to_thread(
             _prepare_database, env, max(args.counts), args.auth
