@@ -381,6 +381,9 @@ class Broker:
     async def acquire_slot(self, user_id: int, cap: int) -> bool:
         """Count one more stream of ``user_id`` unless it has ``cap`` already
         (in this process; backends that see other processes count those)."""
+        return self._admit_locally(user_id, cap)
+
+    def _admit_locally(self, user_id: int, cap: int) -> bool:
         held = self._slots.get(user_id, 0)
         if held >= cap:
             return False

@@ -38,32 +38,39 @@ logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
 
-# KEYS: the set of slot hashes, this process's hash. ARGV: user id, cap, ttl in
-# ms, this process's count for the user if admitted. 0: refused; 1: admitted;
-# 2: admitted, but this process's hash had expired (rewrite it).
-_ACQUIRE = """
-local total = tonumber(ARGV[4]) - 1
+# Admits a batch of streams. KEYS: the set of slot hashes, this process's
+# hash. ARGV: ttl in ms, then (user id, cap) pairs. One result per pair: 0
+# refused; 1 admitted; 2 admitted, but this process's hash had expired (so it
+# must be written again in full).
+_ADMIT = """
+local others = {}
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if key ~= KEYS[2] then
-    local held = redis.call('HGET', key, ARGV[1])
-    if held then
-      total = total + tonumber(held)
-    elseif redis.call('EXISTS', key) == 0 then
+    if redis.call('EXISTS', key) == 1 then
+      others[#others + 1] = key
+    else
       redis.call('SREM', KEYS[1], key)
     end
   end
 end
-if total >= tonumber(ARGV[2]) then
-  return 0
+local admitted = redis.call('EXISTS', KEYS[2]) == 1 and 1 or 2
+local results = {}
+for i = 2, #ARGV, 2 do
+  local user = ARGV[i]
+  local total = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+  for _, key in ipairs(others) do
+    total = total + tonumber(redis.call('HGET', key, user) or '0')
+  end
+  if total < tonumber(ARGV[i + 1]) then
+    redis.call('HINCRBY', KEYS[2], user, 1)
+    results[#results + 1] = admitted
+  else
+    results[#results + 1] = 0
+  end
 end
-local fresh = redis.call('EXISTS', KEYS[2]) == 0
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[1], KEYS[2])
-if fresh then
-  return 2
-end
-return 1
+return results
 """
 
 
@@ -133,7 +140,9 @@ class RedisBroker(Broker):
         self._next_resync = 0.0
         self._slot_set = f"{prefix}slots"
         self._slot_key = f"{prefix}slots:{self.instance}"
-        self._acquire = self._client.register_script(_ACQUIRE)
+        self._admit_script = self._client.register_script(_ADMIT)
+        self._admissions: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._admitting: asyncio.Task[None] | None = None
         self._slots_changed: set[int] = set()
         self._slots_rewrite = False
         self._slots_task: asyncio.Task[None] | None = None
@@ -175,29 +184,62 @@ class RedisBroker(Broker):
         return max(int(self.resync_seconds * 1000), 1000)
 
     async def acquire_slot(self, user_id: int, cap: int) -> bool:
+        """Admissions that arrive while a batch is at Redis go together in
+        the next one: one script call per batch, not per stream."""
         await self._ensure_started()
-        # One at a time per process: each script writes this process's count
-        # as it will be, which a concurrent admission would make stale.
-        async with self._slots_lock:
-            held = self._slots.get(user_id, 0) + 1
-            try:
-                async with asyncio.timeout(1):
-                    admitted = await self._acquire(
-                        keys=[self._slot_set, self._slot_key],
-                        args=[user_id, cap, self._slots_ttl_ms, held],
-                    )
-            except (RedisError, OSError, TimeoutError) as exc:
-                # Without Redis each process can only count its own streams.
-                logger.debug("counting streams locally (%s)", exc)
-                self._slots_rewrite = True
-                return await super().acquire_slot(user_id, cap)
-            if not admitted:
-                return False
-            self._slots[user_id] = held
-            if admitted == 2 and len(self._slots) > 1:
-                self._slots_rewrite = True
-                self._slots_wakeup.set()
-            return True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._admissions.append((user_id, cap, future))
+        if self._admitting is None:
+            self._admitting = loop.create_task(
+                self._admit(), context=contextvars.Context()
+            )
+        return await future
+
+    async def _admit(self) -> None:
+        try:
+            while self._admissions:
+                batch, self._admissions = self._admissions, []
+                # Not while counts are written: each is this process's count
+                # as it stands, which an admission in flight would make stale.
+                async with self._slots_lock:
+                    results = await self._run_admit(batch)
+                    for (user_id, cap, future), result in zip(
+                        batch, results, strict=True
+                    ):
+                        if result is None:  # Redis away: count our own
+                            admitted = self._admit_locally(user_id, cap)
+                        else:
+                            admitted = bool(result)
+                            if admitted:
+                                self._slots[user_id] = self._slots.get(user_id, 0) + 1
+                            if result == 2 and len(self._slots) > 1:
+                                self._slots_rewrite = True
+                        if future.done():  # the request went away meanwhile
+                            if admitted:
+                                self.release_slot(user_id)
+                        else:
+                            future.set_result(admitted)
+        finally:
+            self._admitting = None
+
+    async def _run_admit(
+        self, batch: list[tuple[int, int, asyncio.Future[bool]]]
+    ) -> list[int | None]:
+        args: list[int] = [self._slots_ttl_ms]
+        for user_id, cap, _ in batch:
+            args += (user_id, cap)
+        try:
+            async with asyncio.timeout(1):
+                found = await self._admit_script(
+                    keys=[self._slot_set, self._slot_key], args=args
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Without Redis each process can only count its own streams.
+            logger.debug("counting streams locally (%s)", exc)
+            self._slots_rewrite = True
+            return [None] * len(batch)
+        return [int(r) for r in found]
 
     def release_slot(self, user_id: int) -> None:
         super().release_slot(user_id)
@@ -362,10 +404,13 @@ class RedisBroker(Broker):
         return found
 
     async def aclose(self) -> None:
-        for task in (self._task, self._slots_task):
+        for task in (self._task, self._slots_task, self._admitting):
             if task is not None:
                 await stop_task(task)
-        self._task = self._slots_task = None
+        self._task = self._slots_task = self._admitting = None
+        for _, _, future in self._admissions:
+            future.cancel()
+        self._admissions.clear()
         if self._started:
             with contextlib.suppress(RedisError, OSError):
                 await self._client.delete(
