@@ -14,8 +14,11 @@ class NotifyConfig(AppConfig):
             receivers,
         )
         from notify.broker import reset_brokers
-        from notify.conf import conf
+        from notify.conf import conf, validate
 
+        # A bad NOTIFY_* setting stops the process at start (every manage.py
+        # command, the ASGI application) rather than at the first request.
+        validate()
         setting_changed.connect(conf.clear, dispatch_uid="notify.conf.clear")
         setting_changed.connect(reset_brokers, dispatch_uid="notify.reset_brokers")
         receivers.connect()

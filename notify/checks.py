@@ -3,7 +3,8 @@
 Ids are stable: notify.E001 heartbeat, E002 retry, E003 padding, E004
 retention, E005 publish rate, E006 queue size, E007 replay batch, E008 resync,
 E009 sync threads, E010 broker, E011 open backlog, E012 streams per user,
-E013 prune interval;
+E013 prune interval, E014 Redis URL, E015 Redis key prefix, E016 metrics
+token;
 notify.W001 the insecure development key; notify.W101-W103 (deployment,
 in ``deploy_checks``) Django's security, clickjacking or CSRF middleware
 missing, counting subclasses.
@@ -18,36 +19,25 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from notify import deploy_checks  # noqa: F401 - registers its checks
-from notify.conf import DEFAULTS, PARSERS
-
-IDS = {
-    "NOTIFY_HEARTBEAT_SECONDS": "notify.E001",
-    "NOTIFY_RETRY_MS": "notify.E002",
-    "NOTIFY_PADDING_BYTES": "notify.E003",
-    "NOTIFY_RETENTION_DAYS": "notify.E004",
-    "NOTIFY_PUBLISH_RATE": "notify.E005",
-    "NOTIFY_QUEUE_SIZE": "notify.E006",
-    "NOTIFY_REPLAY_BATCH": "notify.E007",
-    "NOTIFY_RESYNC_SECONDS": "notify.E008",
-    "NOTIFY_SYNC_THREADS": "notify.E009",
-    "NOTIFY_OPEN_BACKLOG": "notify.E011",
-    "NOTIFY_MAX_STREAMS_PER_USER": "notify.E012",
-    "NOTIFY_PRUNE_SECONDS": "notify.E013",
-}
+from notify.conf import SETTINGS, conf
 
 
 @register(Tags.compatibility)
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     found: list[CheckMessage] = []
-    for name, check_id in IDS.items():
-        value = getattr(settings, name, DEFAULTS[name])
+    for setting in SETTINGS:
+        value = getattr(settings, setting.name, setting.default)
         try:
-            PARSERS[name](value)
+            setting.parse(value)
         except ValueError as exc:
-            found.append(Error(f"{name}: {exc}", id=check_id))
-    # The broker is built with the queue size and resync interval: when those
-    # are bad, their own errors say so and the broker is not blamed too.
-    if not any(m.id in ("notify.E006", "notify.E008") for m in found):
+            found.append(Error(f"{setting.name}: {exc}", id=setting.check_id))
+    # The broker is built with the queue size, the resync interval and the
+    # Redis settings: when those are bad, their own errors say so and the
+    # broker is not blamed too.
+    if not any(
+        m.id in ("notify.E006", "notify.E008", "notify.E014", "notify.E015")
+        for m in found
+    ):
         found.extend(_check_broker())
     if settings.SECRET_KEY.startswith("django-insecure-notify") and not settings.DEBUG:
         found.append(
@@ -63,7 +53,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
 def _check_broker() -> list[CheckMessage]:
     from notify.broker import make_broker
 
-    config = getattr(settings, "NOTIFY_BROKER", DEFAULTS["NOTIFY_BROKER"])
+    config = conf.broker
     if not isinstance(config, dict) or "BACKEND" not in config:
         return [Error("NOTIFY_BROKER: must be a dict with a BACKEND", id="notify.E010")]
     try:

@@ -1,39 +1,26 @@
-"""Typed, read-only view of the ``NOTIFY_*`` settings.
+"""Every ``NOTIFY_*`` setting: its name, default, parser and check id.
 
-Values are read from ``django.conf.settings`` on every access so that
-``override_settings`` keeps working in tests. The ``parse_*`` helpers are shared
-by ``project/settings.py`` (environment strings) and ``notify/checks.py``.
+A host sets them as ordinary Django settings; any it leaves out has the
+default here. Values are read from ``django.conf.settings`` on access (and
+kept until a setting changes) so that ``override_settings`` keeps working in
+tests. Each parser takes the setting's value or its environment string, so a
+project may pass environment strings through unparsed; ``validate()`` (run
+when the app is loaded) and the system checks (``notify/checks.py``) both use
+``SETTINGS``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-
-DEFAULTS: dict[str, Any] = {
-    "NOTIFY_HEARTBEAT_SECONDS": 15,
-    "NOTIFY_RETRY_MS": 3000,
-    "NOTIFY_PADDING_BYTES": 2048,
-    "NOTIFY_RETENTION_DAYS": 30,
-    "NOTIFY_PUBLISH_RATE": "60/m",
-    "NOTIFY_QUEUE_SIZE": 256,
-    "NOTIFY_REPLAY_BATCH": 200,
-    "NOTIFY_RESYNC_SECONDS": 5.0,
-    "NOTIFY_SYNC_THREADS": 4,
-    "NOTIFY_OPEN_BACKLOG": 2000,
-    "NOTIFY_MAX_STREAMS_PER_USER": 20,
-    "NOTIFY_PRUNE_SECONDS": 3600,
-    "NOTIFY_BROKER": {"BACKEND": "notify.broker.memory.MemoryBroker", "OPTIONS": {}},
-    "NOTIFY_METRICS_TOKEN": "",
-}
+from django.core.exceptions import ImproperlyConfigured
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 @dataclass(frozen=True)
@@ -83,30 +70,93 @@ def parse_seconds(value: object, *, minimum: float) -> float:
     return number
 
 
-def parse_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"expected one of 1/0, true/false, yes/no, on/off, got {value!r}")
+def parse_text(value: object, *, empty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    if not empty and not value.strip():
+        raise ValueError("must not be empty")
+    return value
 
 
-# Each setting's parser, used by checks.py; the minimums are part of the contract.
-PARSERS: dict[str, Any] = {
-    "NOTIFY_HEARTBEAT_SECONDS": lambda v: parse_seconds(v, minimum=1),
-    "NOTIFY_RETRY_MS": lambda v: parse_int(v, minimum=0),
-    "NOTIFY_PADDING_BYTES": lambda v: parse_int(v, minimum=0),
-    "NOTIFY_RETENTION_DAYS": lambda v: parse_int(v, minimum=1),
-    "NOTIFY_PUBLISH_RATE": parse_rate,
-    "NOTIFY_QUEUE_SIZE": lambda v: parse_int(v, minimum=1),
-    "NOTIFY_REPLAY_BATCH": lambda v: parse_int(v, minimum=1),
-    "NOTIFY_RESYNC_SECONDS": lambda v: parse_seconds(v, minimum=0.1),
-    "NOTIFY_SYNC_THREADS": lambda v: parse_int(v, minimum=1),
-    "NOTIFY_OPEN_BACKLOG": lambda v: parse_int(v, minimum=1),
-    "NOTIFY_MAX_STREAMS_PER_USER": lambda v: parse_int(v, minimum=0),
-    "NOTIFY_PRUNE_SECONDS": lambda v: parse_seconds(v, minimum=0),
-}
+def parse_redis_url(value: object) -> str:
+    """Empty: no Redis (the in-process broker)."""
+    url = parse_text(value).strip()
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
+    return url
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    check_id: str
+
+
+# The minimums are part of the contract. NOTIFY_BROKER (notify.E010) is
+# checked by building it (checks.py); its default follows NOTIFY_REDIS_URL.
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "NOTIFY_HEARTBEAT_SECONDS",
+        15.0,
+        lambda v: parse_seconds(v, minimum=1),
+        "notify.E001",
+    ),
+    Setting("NOTIFY_RETRY_MS", 3000, lambda v: parse_int(v, minimum=0), "notify.E002"),
+    Setting(
+        "NOTIFY_PADDING_BYTES", 2048, lambda v: parse_int(v, minimum=0), "notify.E003"
+    ),
+    Setting(
+        "NOTIFY_RETENTION_DAYS", 30, lambda v: parse_int(v, minimum=1), "notify.E004"
+    ),
+    Setting("NOTIFY_PUBLISH_RATE", "60/m", parse_rate, "notify.E005"),
+    Setting("NOTIFY_QUEUE_SIZE", 256, lambda v: parse_int(v, minimum=1), "notify.E006"),
+    Setting(
+        "NOTIFY_REPLAY_BATCH", 200, lambda v: parse_int(v, minimum=1), "notify.E007"
+    ),
+    Setting(
+        "NOTIFY_RESYNC_SECONDS",
+        5.0,
+        lambda v: parse_seconds(v, minimum=0.1),
+        "notify.E008",
+    ),
+    Setting("NOTIFY_SYNC_THREADS", 4, lambda v: parse_int(v, minimum=1), "notify.E009"),
+    Setting(
+        "NOTIFY_OPEN_BACKLOG", 2000, lambda v: parse_int(v, minimum=1), "notify.E011"
+    ),
+    Setting(
+        "NOTIFY_MAX_STREAMS_PER_USER",
+        20,
+        lambda v: parse_int(v, minimum=0),
+        "notify.E012",
+    ),
+    Setting(
+        "NOTIFY_PRUNE_SECONDS",
+        3600.0,
+        lambda v: parse_seconds(v, minimum=0),
+        "notify.E013",
+    ),
+    Setting("NOTIFY_REDIS_URL", "", parse_redis_url, "notify.E014"),
+    Setting(
+        "NOTIFY_REDIS_PREFIX",
+        "notify:",
+        lambda v: parse_text(v, empty=False),
+        "notify.E015",
+    ),
+    Setting("NOTIFY_METRICS_TOKEN", "", parse_text, "notify.E016"),
+)
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def validate() -> None:
+    """Raise ``ImproperlyConfigured`` naming the first bad ``NOTIFY_*`` setting."""
+    for setting in SETTINGS:
+        value = getattr(settings, setting.name, setting.default)
+        try:
+            setting.parse(value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{setting.name}: {exc}") from exc
 
 
 class Conf:
@@ -122,9 +172,8 @@ class Conf:
             return self._cache[name]
         except KeyError:
             pass
-        value = getattr(settings, name, DEFAULTS[name])
-        parser = PARSERS.get(name)
-        parsed = parser(value) if parser else value
+        setting = BY_NAME[name]
+        parsed = setting.parse(getattr(settings, name, setting.default))
         self._cache[name] = parsed
         return parsed
 
@@ -183,9 +232,27 @@ class Conf:
         return float(self._get("NOTIFY_PRUNE_SECONDS"))
 
     @property
-    def broker(self) -> dict[str, Any]:
-        value: dict[str, Any] = self._get("NOTIFY_BROKER")
-        return value
+    def redis_url(self) -> str:
+        """Empty: no Redis."""
+        return str(self._get("NOTIFY_REDIS_URL"))
+
+    @property
+    def redis_prefix(self) -> str:
+        return str(self._get("NOTIFY_REDIS_PREFIX"))
+
+    @property
+    def broker(self) -> Any:
+        """``NOTIFY_BROKER`` if set (validated when the broker is built),
+        else Redis at ``NOTIFY_REDIS_URL``, else the in-process broker."""
+        config = getattr(settings, "NOTIFY_BROKER", None)
+        if config is not None:
+            return config
+        if self.redis_url:
+            return {
+                "BACKEND": "notify.broker.redis.RedisBroker",
+                "OPTIONS": {"url": self.redis_url, "prefix": self.redis_prefix},
+            }
+        return {"BACKEND": "notify.broker.memory.MemoryBroker", "OPTIONS": {}}
 
     @property
     def metrics_token(self) -> str:

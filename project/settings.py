@@ -1,37 +1,27 @@
-"""Django settings for notify, read from the environment.
+"""Django settings of the demo site, read from the environment.
 
-This is the only module that reads environment variables. Every bad value
-raises ``ImproperlyConfigured`` naming its key, so a misconfigured server fails
-at start instead of at the first request.
+This is the only module that reads environment variables (through
+``project/env.py``). It configures notify as any host project would: plain
+``NOTIFY_*`` settings, set only when their variable is, so notify's own
+defaults apply otherwise; it never imports notify. Every bad value raises
+``ImproperlyConfigured`` naming its key, so a misconfigured server fails at
+start instead of at the first request (notify's own settings are checked when
+the app loads).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 
-from notify.conf import parse_bool, parse_int, parse_rate, parse_seconds
+from project.env import boolean, env, passthrough, seconds, whole
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
 
 INSECURE_DEV_KEY = "django-insecure-notify-development-key-change-me"
-
-
-def env(name: str, parse: Callable[[str], T], default: T) -> T:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{name}: {exc}") from exc
 
 
 def _nonempty(value: str) -> str:
@@ -76,9 +66,7 @@ def _proxy_ssl_header(value: str) -> tuple[str, str] | None:
 
 # How long a query waits for a lock (SQLite's write lock, a PostgreSQL row or
 # advisory lock) before it fails, and the client gets a 503.
-DATABASE_LOCK_TIMEOUT = env(
-    "DATABASE_LOCK_TIMEOUT", lambda v: parse_seconds(v, minimum=0.1), 20.0
-)
+DATABASE_LOCK_TIMEOUT = env("DATABASE_LOCK_TIMEOUT", seconds(minimum=0.1), 20.0)
 
 SQLITE = "django.db.backends.sqlite3"
 POSTGRESQL = "django.db.backends.postgresql"
@@ -121,28 +109,19 @@ def _database(value: str) -> dict[str, Any]:
     return dict(config)
 
 
-def _redis_url(value: str) -> str:
-    value = value.strip()
-    if value and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("expected a redis://, rediss:// or unix:// URL")
-    return value
-
-
-DEBUG = env("DEBUG", parse_bool, False)
+DEBUG = env("DEBUG", boolean, False)
 SECRET_KEY = env("SECRET_KEY", _nonempty, INSECURE_DEV_KEY)
 ALLOWED_HOSTS = env("ALLOWED_HOSTS", _hosts, ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS: list[str] = env("CSRF_TRUSTED_ORIGINS", _origins, [])
 
 # HTTPS: off by default so that the development server works over plain HTTP;
 # `manage.py check --deploy` says which are still off.
-SESSION_COOKIE_SECURE = env("SESSION_COOKIE_SECURE", parse_bool, False)
-CSRF_COOKIE_SECURE = env("CSRF_COOKIE_SECURE", parse_bool, False)
-SECURE_SSL_REDIRECT = env("SECURE_SSL_REDIRECT", parse_bool, False)
-SECURE_HSTS_SECONDS = env("SECURE_HSTS_SECONDS", lambda v: parse_int(v, minimum=0), 0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env(
-    "SECURE_HSTS_INCLUDE_SUBDOMAINS", parse_bool, False
-)
-SECURE_HSTS_PRELOAD = env("SECURE_HSTS_PRELOAD", parse_bool, False)
+SESSION_COOKIE_SECURE = env("SESSION_COOKIE_SECURE", boolean, False)
+CSRF_COOKIE_SECURE = env("CSRF_COOKIE_SECURE", boolean, False)
+SECURE_SSL_REDIRECT = env("SECURE_SSL_REDIRECT", boolean, False)
+SECURE_HSTS_SECONDS = env("SECURE_HSTS_SECONDS", whole(minimum=0), 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env("SECURE_HSTS_INCLUDE_SUBDOMAINS", boolean, False)
+SECURE_HSTS_PRELOAD = env("SECURE_HSTS_PRELOAD", boolean, False)
 SECURE_PROXY_SSL_HEADER = env("SECURE_PROXY_SSL_HEADER", _proxy_ssl_header, None)
 
 INSTALLED_APPS = [
@@ -219,38 +198,24 @@ STATIC_ROOT = env("STATIC_ROOT", _nonempty, str(BASE_DIR / "var" / "static"))
 # sits above it so that check is the one that answers.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
-REDIS_URL = env("REDIS_URL", _redis_url, "")
-NOTIFY_REDIS_PREFIX = env("NOTIFY_REDIS_PREFIX", _nonempty, "notify:")
-if REDIS_URL:
-    NOTIFY_BROKER = {
-        "BACKEND": "notify.broker.redis.RedisBroker",
-        "OPTIONS": {"url": REDIS_URL, "prefix": NOTIFY_REDIS_PREFIX},
-    }
-else:
-    NOTIFY_BROKER = {"BACKEND": "notify.broker.memory.MemoryBroker", "OPTIONS": {}}
-
-NOTIFY_HEARTBEAT_SECONDS = env(
-    "NOTIFY_HEARTBEAT_SECONDS", lambda v: parse_seconds(v, minimum=1), 15.0
-)
-NOTIFY_RETRY_MS = env("NOTIFY_RETRY_MS", lambda v: parse_int(v, minimum=0), 3000)
-NOTIFY_PADDING_BYTES = env(
-    "NOTIFY_PADDING_BYTES", lambda v: parse_int(v, minimum=0), 2048
-)
-NOTIFY_RETENTION_DAYS = env(
-    "NOTIFY_RETENTION_DAYS", lambda v: parse_int(v, minimum=1), 30
-)
-NOTIFY_PUBLISH_RATE = env("NOTIFY_PUBLISH_RATE", parse_rate, parse_rate("60/m"))
-NOTIFY_QUEUE_SIZE = env("NOTIFY_QUEUE_SIZE", lambda v: parse_int(v, minimum=1), 256)
-NOTIFY_RESYNC_SECONDS = env(
-    "NOTIFY_RESYNC_SECONDS", lambda v: parse_seconds(v, minimum=0.1), 5.0
-)
-NOTIFY_SYNC_THREADS = env("NOTIFY_SYNC_THREADS", lambda v: parse_int(v, minimum=1), 4)
-NOTIFY_METRICS_TOKEN = env("NOTIFY_METRICS_TOKEN", str, "")
-NOTIFY_MAX_STREAMS_PER_USER = env(
-    "NOTIFY_MAX_STREAMS_PER_USER", lambda v: parse_int(v, minimum=0), 20
-)
-NOTIFY_PRUNE_SECONDS = env(
-    "NOTIFY_PRUNE_SECONDS", lambda v: parse_seconds(v, minimum=0), 3600.0
+# notify's settings (README "Settings"), as the environment gives them.
+passthrough(
+    globals(),
+    {
+        "REDIS_URL": "NOTIFY_REDIS_URL",
+        "NOTIFY_REDIS_PREFIX": "NOTIFY_REDIS_PREFIX",
+        "NOTIFY_HEARTBEAT_SECONDS": "NOTIFY_HEARTBEAT_SECONDS",
+        "NOTIFY_RETRY_MS": "NOTIFY_RETRY_MS",
+        "NOTIFY_PADDING_BYTES": "NOTIFY_PADDING_BYTES",
+        "NOTIFY_RETENTION_DAYS": "NOTIFY_RETENTION_DAYS",
+        "NOTIFY_PUBLISH_RATE": "NOTIFY_PUBLISH_RATE",
+        "NOTIFY_QUEUE_SIZE": "NOTIFY_QUEUE_SIZE",
+        "NOTIFY_RESYNC_SECONDS": "NOTIFY_RESYNC_SECONDS",
+        "NOTIFY_SYNC_THREADS": "NOTIFY_SYNC_THREADS",
+        "NOTIFY_METRICS_TOKEN": "NOTIFY_METRICS_TOKEN",
+        "NOTIFY_MAX_STREAMS_PER_USER": "NOTIFY_MAX_STREAMS_PER_USER",
+        "NOTIFY_PRUNE_SECONDS": "NOTIFY_PRUNE_SECONDS",
+    },
 )
 
 LOGGING = {

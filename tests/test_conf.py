@@ -30,6 +30,7 @@ BAD_ENV = [
     ("NOTIFY_RETENTION_DAYS", "0"),
     ("NOTIFY_QUEUE_SIZE", "many"),
     ("REDIS_URL", "http://x"),
+    ("NOTIFY_REDIS_PREFIX", " "),
     ("DEBUG", "maybe"),
     ("DATABASE_URL", "nosuchdb://x"),
     ("DATABASE_URL", "mysql://notify:secret@127.0.0.1:3306/notify"),
@@ -104,20 +105,24 @@ HTTPS_SETTINGS = [
 ]
 
 
+def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _loaded(env: dict[str, str], names: list[str]) -> dict[str, Any]:
     """The settings ``names`` as a process started with ``env`` loads them."""
     code = (
         "import json; from django.conf import settings; "
         f"print(json.dumps({{n: getattr(settings, n) for n in {names!r}}}))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env | {"DJANGO_SETTINGS_MODULE": "project.settings"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(code, env | {"DJANGO_SETTINGS_MODULE": "project.settings"})
     assert result.returncode == 0, result.stderr
     loaded: dict[str, Any] = json.loads(result.stdout)
     return loaded
@@ -179,14 +184,10 @@ def test_a_postgresql_database_url_loads(clean_env, command, url):
 def test_other_database_backends_are_refused_naming_database_url(clean_env):
     code = "import django; django.setup()"
     for url in ["mysql://notify@127.0.0.1/notify", "mssql://notify@127.0.0.1/n"]:
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            env=clean_env
+        result = _python(
+            code,
+            clean_env
             | {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "project.settings"},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
         )
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(
@@ -226,6 +227,10 @@ CHECKED: list[tuple[str, Any, str]] = [
     ("NOTIFY_SYNC_THREADS", 0, "notify.E009"),
     ("NOTIFY_PRUNE_SECONDS", -1, "notify.E013"),
     ("NOTIFY_PRUNE_SECONDS", "hourly", "notify.E013"),
+    ("NOTIFY_REDIS_URL", "http://x", "notify.E014"),
+    ("NOTIFY_REDIS_URL", None, "notify.E014"),
+    ("NOTIFY_REDIS_PREFIX", "", "notify.E015"),
+    ("NOTIFY_METRICS_TOKEN", 5, "notify.E016"),
     ("NOTIFY_BROKER", "redis", "notify.E010"),
     ("NOTIFY_BROKER", {"BACKEND": "notify.broker.nowhere.Broker"}, "notify.E010"),
     (
@@ -276,6 +281,52 @@ def test_conf_follows_override_settings():
         assert conf.metrics_token == "t"
     assert conf.padding_bytes == 2048
     assert conf.publish_rate == Rate(60, 60)
+
+
+def test_the_broker_follows_notify_redis_url(settings):
+    settings.NOTIFY_REDIS_URL = ""
+    assert conf.broker["BACKEND"] == "notify.broker.memory.MemoryBroker"
+    settings.NOTIFY_REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.NOTIFY_REDIS_PREFIX = "host:"
+    assert conf.broker == {
+        "BACKEND": "notify.broker.redis.RedisBroker",
+        "OPTIONS": {"url": "redis://127.0.0.1:1/0", "prefix": "host:"},
+    }
+
+
+def test_an_explicit_notify_broker_wins_over_notify_redis_url(settings):
+    memory = {"BACKEND": "notify.broker.memory.MemoryBroker", "OPTIONS": {}}
+    settings.NOTIFY_BROKER = memory
+    settings.NOTIFY_REDIS_URL = "redis://127.0.0.1:1/0"
+    assert conf.broker == memory
+
+
+def test_every_notify_setting_has_a_default_in_the_app(clean_env):
+    """With no NOTIFY_* setting at all, the app loads and uses its defaults."""
+    code = (
+        "import django; from django.conf import settings; settings.configure("
+        "INSTALLED_APPS=['django.contrib.auth', 'django.contrib.contenttypes', "
+        "'django.contrib.sessions', 'notify'], DATABASES={'default': {'ENGINE': "
+        "'django.db.backends.sqlite3', 'NAME': ':memory:'}}, SECRET_KEY='x'); "
+        "django.setup(); from notify.conf import SETTINGS, conf; "
+        "from django.core.checks import run_checks; "
+        "assert [m for m in run_checks() if m.id.startswith('notify.E')] == []; "
+        "assert conf.broker['BACKEND'] == 'notify.broker.memory.MemoryBroker'; "
+        "print(conf.heartbeat_seconds, conf.padding_bytes, conf.publish_rate)"
+    )
+    result = _python(code, clean_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["15.0", "2048", "60/m"]
+
+
+def test_the_demo_settings_never_import_notify(clean_env):
+    code = (
+        "import sys, project.settings; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'notify'))"
+    )
+    result = _python(code, clean_env | {"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_the_development_key_is_a_warning_outside_debug():
