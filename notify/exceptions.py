@@ -3,9 +3,10 @@
 ::
 
     NotifyError
-    ├── ValidationError      bad input; ``errors`` maps each field to messages
-    ├── PublishDeniedError   the sender may not publish
-    └── RateLimitedError     too many publishes; ``retry_after`` in seconds
+    ├── ValidationError         bad input; ``errors`` maps each field to messages
+    ├── RateLimitedError        too many publishes; ``retry_after`` in seconds
+    └── BrokerUnavailableError  the broker cannot take a message now (raised
+                                by ``Broker.publish``, whatever the backend)
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ class ValidationError(NotifyError, ValueError):
         super().__init__(detail)
 
 
-class PublishDeniedError(NotifyError):
-    pass
-
-
 class RateLimitedError(NotifyError):
     def __init__(self, retry_after: int) -> None:
         self.retry_after = retry_after
         super().__init__(f"too many notifications; retry in {retry_after}s")
+
+
+class BrokerUnavailableError(NotifyError):
+    """The backend (Redis) is unreachable or too slow; the message was not
+    handed over. Committed notifications still reach every stream through
+    the servers' resync from the database."""

@@ -24,7 +24,6 @@ from django.contrib.auth.models import Group, User
 from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
-from redis.exceptions import RedisError
 
 from notify import metrics, wire
 from notify.broker import (
@@ -36,7 +35,11 @@ from notify.broker import (
     is_serving,
 )
 from notify.conf import conf
-from notify.exceptions import RateLimitedError, ValidationError
+from notify.exceptions import (
+    BrokerUnavailableError,
+    RateLimitedError,
+    ValidationError,
+)
 from notify.models import Audience, Notification
 from notify.prepared import Prepared
 from notify.validation import Draft, validate
@@ -164,7 +167,7 @@ async def send(
     try:
         await broker.publish(message)
         return True
-    except (RedisError, OSError, TimeoutError) as exc:
+    except BrokerUnavailableError as exc:
         logger.warning("message %d not broadcast now (%s)", message.id, exc)
         return False
     finally:

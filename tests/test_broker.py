@@ -7,20 +7,24 @@ in for the database, and uses channel names and Redis prefixes of its own.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aredis
 
+import notify
 from notify import metrics
 from notify.broker import Broker, Message, Subscription
 from notify.broker.base import Fanout
 from notify.broker.memory import MemoryBroker
 from notify.broker.redis import RedisBroker
+from notify.exceptions import BrokerUnavailableError, NotifyError
 from tests.support.servers import RedisServer
 
 WAIT = 10.0  # seconds; the bound on every wait for a delivery
@@ -530,6 +534,39 @@ async def test_redis_reader_resyncs_after_a_redis_restart(workdir, channel):
             assert sub.get_nowait() is None
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_an_unreachable_redis_is_a_broker_unavailable_error(workdir, channel):
+    """Callers above the broker see one backend-neutral error, never redis-py's."""
+    server = RedisServer(workdir)
+    await asyncio.to_thread(server.start)
+    url = server.url
+    await asyncio.to_thread(server.stop)
+    broker = _redis(url, f"test:{uuid.uuid4().hex[:12]}:", ListHistory())
+    async with _closing(broker):
+        with pytest.raises(BrokerUnavailableError) as caught:
+            async with asyncio.timeout(WAIT):
+                await broker.publish(msg(1, channel("a")))
+    assert isinstance(caught.value, NotifyError)
+
+
+def test_nothing_above_the_broker_imports_redis():
+    root = Path(notify.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        if path.is_relative_to(root / "broker"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n == "redis" or n.startswith("redis.") for n in names):
+                importers.add(str(path.relative_to(root)))
+    assert importers == set()
 
 
 async def test_a_broadcast_to_many_yields_to_the_loop_between_slices():

@@ -352,7 +352,11 @@ class Broker:
         self._slots: dict[int, int] = {}  # user id: streams held here
 
     async def publish(self, message: Message) -> None:
-        """Send ``message`` to every subscriber in every process."""
+        """Send ``message`` to every subscriber in every process.
+
+        Raises :class:`~notify.exceptions.BrokerUnavailableError` when the
+        backend cannot take it now, whatever the backend's own error was.
+        """
         await self._send(message)
 
     def subscribe(

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from notify import metrics
 from notify.broker.base import Broker, History, Message, stop_task
+from notify.exceptions import BrokerUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,10 @@ class RedisBroker(Broker):
         self._slots_lock = asyncio.Lock()
 
     async def _send(self, message: Message) -> None:
-        await self._client.publish(self.channel, encode(message))
+        try:
+            await self._client.publish(self.channel, encode(message))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailableError(f"Redis: {exc}") from exc
 
     async def ping(self) -> bool:
         try:
