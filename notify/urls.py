@@ -2,6 +2,10 @@ from django.urls import path
 
 from notify.views import api, events, pages, service
 
+# Names are reversed as "notify:<name>", so they never collide with a host
+# project's own; the prefix is wherever the host includes these.
+app_name = "notify"
+
 urlpatterns = [
     path("", pages.inbox, name="inbox"),
     path("broadcast/", pages.broadcast, name="broadcast"),

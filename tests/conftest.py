@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 from django.db.backends.base.base import BaseDatabaseWrapper
+from playwright.async_api import Browser
 
 from notify.broker import forget_broker
 from notify.opening import forget_opener
 from notify.tokens import create_token
 from tests.support.api import Client
+from tests.support.browser import chromium
 from tests.support.postgres import PostgresCluster, connections_to
+from tests.support.prefixed import PrefixedServer, prefixed_server
 from tests.support.servers import RedisServer, UvicornServer, auth  # noqa: F401
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -347,3 +350,19 @@ def client_for(tokens: dict[str, str]) -> Callable[[str], Client]:
 @pytest.fixture
 def admin(client_for: Callable[[str], Client]) -> Client:
     return client_for("admin")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """The system's Chromium (NOTIFY_TEST_CHROMIUM), through Playwright."""
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def prefixed_host(
+    workdir: Path, server_env: dict[str, str], redis_url: str, transactional_db: None
+) -> Iterator[PrefixedServer]:
+    """uvicorn serving a host project with notify under /notifications/."""
+    with prefixed_server(workdir, server_env, redis_url) as server:
+        yield server

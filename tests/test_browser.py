@@ -26,27 +26,18 @@ from playwright.async_api import (
     Locator,
     Page,
     Response,
-    async_playwright,
     expect,
 )
 
 from notify.publish import persist
 from notify.validation import validate
 from tests.support.metrics import samples
-from tests.support.servers import UvicornServer, auth, manage, need
+from tests.support.servers import UvicornServer, auth, manage
 from tests.support.stack import Nginx, QuickPBKDF2PasswordHasher, collectstatic
 from tests.test_access import Stream
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 10_000
 METRICS_TOKEN = "browser-tests-metrics"
 DESKTOP = {"width": 1280, "height": 860}
@@ -141,18 +132,6 @@ def static_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     collectstatic(root, env | {"DJANGO_SETTINGS_MODULE": "project.settings"})
     return root
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    executable = os.environ.get("NOTIFY_TEST_CHROMIUM") or need("chromium", "chromium")
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        yield chromium
-        await chromium.close()
 
 
 @pytest.fixture

@@ -7,19 +7,17 @@ from collections import defaultdict
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
 from notify import wire
 from notify.broker import get_broker
-from notify.conf import conf
+from notify.client import base_template, client_config
 from notify.models import Audience, Level, Notification
 from notify.permissions import Caller, is_staff
 from notify.views.http import (
@@ -33,22 +31,6 @@ from notify.views.http import (
 
 RECENT_DEFAULT, RECENT_MAX = 20, 100
 SUGGESTIONS = 500  # names offered for completion on the console
-_ID = 2147483647  # stands for {id} while reversing a URL
-
-
-def _client_config(request: HttpRequest) -> dict[str, Any]:
-    """What the page scripts need: URLs (so none is hard-coded) and who reads."""
-    return {
-        "user": str(request.user.pk),
-        "events": reverse("events"),
-        "poll": reverse("events-poll"),
-        "notifications": reverse("notifications"),
-        "read": reverse("read", args=[_ID]).replace(str(_ID), "{id}"),
-        "readAll": reverse("read-all"),
-        "recent": reverse("recent-broadcasts"),
-        "login": settings.LOGIN_URL,
-        "retry": conf.retry_ms,
-    }
 
 
 @login_required
@@ -57,7 +39,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "notify/inbox.html",
-        {"config": _client_config(request), "active": "inbox"},
+        {"notify_base_template": base_template(), "active": "inbox"},
     )
 
 
@@ -68,7 +50,8 @@ def broadcast(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied("The broadcast console is for staff.")
     users = get_user_model().objects.filter(is_active=True).order_by("username")
     context = {
-        "config": _client_config(request),
+        "notify_base_template": base_template(),
+        "config": client_config(request),
         "active": "broadcast",
         "levels": Level.choices,
         "groups": list(

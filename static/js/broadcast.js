@@ -4,7 +4,7 @@
 import { LEVELS, el, levelOf, noteContent, refreshTimes, timeElement } from "./render.js";
 
 const config = JSON.parse(document.getElementById("notify-config").textContent);
-const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const csrf = config.csrf;
 
 const form = document.getElementById("compose");
 const targetsField = document.getElementById("targets-field");

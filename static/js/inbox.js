@@ -1,11 +1,11 @@
 // The inbox page: the list, the unread badge, toasts and read state, kept
 // live by notify.js.
 
-import { connect } from "./notify.js";
+import { pageClient, pageConfig } from "./page.js";
 import { LEVELS, el, levelOf, noteContent, refreshTimes } from "./render.js";
 
-const config = JSON.parse(document.getElementById("notify-config").textContent);
-const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const config = pageConfig();
+const csrf = config.csrf;
 
 const list = document.getElementById("notes");
 const empty = document.getElementById("empty");
@@ -139,9 +139,13 @@ function setRead(entry) {
 
 async function loadPage(before = null) {
   const body = await api(listUrl({ limit: PAGE, before }));
+  // Delivered live while the first page was on its way: not in its count.
+  const loaded = Math.max(0, ...body.results.map((n) => Number(n.id)));
+  let newer = 0;
+  for (const [id, entry] of notes) if (before === null && id > loaded && !entry.data.read) newer += 1;
   for (const n of body.results) insert(n);
   next = body.next;
-  setUnread(body.unread_count);
+  setUnread(body.unread_count + newer);
   updateEmpty();
   return body;
 }
@@ -295,6 +299,19 @@ loadMore.addEventListener("click", async () => {
 });
 
 async function start() {
+  // The page's one client (shared with a bell on the same page). It resumes
+  // after the newest notification when the page was rendered, so whatever
+  // is published while the list loads reaches it from the stream too, once:
+  // insert() skips ids it already shows.
+  const client = pageClient();
+  client.on("state", showState);
+  client.on("notification", onNotification);
+  client.on("read", applyRead);
+  client.on("reset", () => {
+    for (const entry of notes.values()) entry.node.remove();
+    notes.clear();
+    loadPage().catch(() => refreshCount());
+  });
   for (let attempt = 0; ; attempt += 1) {
     try {
       await loadPage();
@@ -306,25 +323,6 @@ async function start() {
       await new Promise((resolve) => setTimeout(resolve, Math.min(1000 * 2 ** attempt, 10000)));
     }
   }
-  // Resume right after what the list shows, so nothing falls in between.
-  const newest = notes.size ? Math.max(...notes.keys()) : 0;
-  const client = connect({
-    url: config.events,
-    pollUrl: config.poll,
-    loginUrl: config.login,
-    lastEventId: newest,
-    shareKey: config.user,
-    browserRetry: config.retry,
-  });
-  client.on("state", showState);
-  client.on("notification", onNotification);
-  client.on("read", applyRead);
-  client.on("reset", () => {
-    for (const entry of notes.values()) entry.node.remove();
-    notes.clear();
-    loadPage().catch(() => refreshCount());
-  });
-  window.notifyClient = client;
 }
 
 setInterval(() => {

@@ -145,6 +145,8 @@ class RedisServer(Process):
 class UvicornServer(Process):
     """``uvicorn project.asgi:application`` as deployed, on its own port."""
 
+    health_path = "/healthz"  # where notify's URLs are mounted, plus healthz
+
     def __init__(self, workdir: Path, env: dict[str, str], name: str = "app") -> None:
         self.port = free_port()
         argv = [
@@ -175,7 +177,8 @@ class UvicornServer(Process):
             if not self.running:
                 raise RuntimeError(f"uvicorn exited:\n{self.output()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+                url = self.url + self.health_path
+                return httpx.get(url, timeout=1).status_code == 200
             return False
 
         wait_for(healthy, 30, f"uvicorn on {self.port}")
