@@ -4,7 +4,7 @@ Ids are stable: notify.E001 heartbeat, E002 retry, E003 padding, E004
 retention, E005 publish rate, E006 queue size, E007 replay batch, E008 resync,
 E009 sync threads, E010 broker, E011 open backlog, E012 streams per user,
 E013 prune interval, E014 Redis URL, E015 Redis key prefix, E016 metrics
-token;
+token, E017 base template;
 notify.W001 the insecure development key; notify.W101-W103 (deployment,
 in ``deploy_checks``) Django's security, clickjacking or CSRF middleware
 missing, counting subclasses.
@@ -39,6 +39,8 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         for m in found
     ):
         found.extend(_check_broker())
+    if not any(m.id == "notify.E017" for m in found):
+        found.extend(_check_base_template())
     if settings.SECRET_KEY.startswith("django-insecure-notify") and not settings.DEBUG:
         found.append(
             Warning(
@@ -60,4 +62,23 @@ def _check_broker() -> list[CheckMessage]:
         make_broker({**config, "HISTORY": None})
     except ImproperlyConfigured as exc:
         return [Error(str(exc), id="notify.E010")]
+    return []
+
+
+def _check_base_template() -> list[CheckMessage]:
+    from django.template import TemplateDoesNotExist, engines
+    from django.template.loader import get_template
+
+    if not engines.all():
+        return []  # a project without templates serves the API only
+    try:
+        get_template(conf.base_template)
+    except TemplateDoesNotExist:
+        return [
+            Error(
+                f"NOTIFY_BASE_TEMPLATE: no template named {conf.base_template!r}",
+                hint="notify's pages extend it; the default is notify/base.html.",
+                id="notify.E017",
+            )
+        ]
     return []

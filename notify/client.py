@@ -40,8 +40,3 @@ def client_config(request: HttpRequest) -> dict[str, Any]:
         "csrf": get_token(request),
         "lastEventId": history.newest_visible_id(user_id),
     }
-
-
-def base_template() -> str:
-    """The template notify's pages extend (``NOTIFY_BASE_TEMPLATE``)."""
-    return str(getattr(settings, "NOTIFY_BASE_TEMPLATE", "notify/base.html"))

@@ -145,6 +145,13 @@ SETTINGS: tuple[Setting, ...] = (
         "notify.E015",
     ),
     Setting("NOTIFY_METRICS_TOKEN", "", parse_text, "notify.E016"),
+    # The template notify's pages extend; checks.py also checks that it exists.
+    Setting(
+        "NOTIFY_BASE_TEMPLATE",
+        "notify/base.html",
+        lambda v: parse_text(v, empty=False),
+        "notify.E017",
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -257,6 +264,10 @@ class Conf:
     @property
     def metrics_token(self) -> str:
         return str(self._get("NOTIFY_METRICS_TOKEN"))
+
+    @property
+    def base_template(self) -> str:
+        return str(self._get("NOTIFY_BASE_TEMPLATE"))
 
 
 conf = Conf()

@@ -11,6 +11,7 @@ from django.template import engines
 from django.test import AsyncClient, RequestFactory
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
+from notify.checks import check_settings
 from tests.support.browser import watch
 from tests.support.prefixed import PREFIX, PrefixedServer
 from tests.support.servers import ROOT
@@ -98,6 +99,21 @@ async def test_a_hosts_own_base_html_is_neither_used_nor_replaced(users, setting
     assert 'class="topbar"' in inbox
     # ...and the host's base.html still is the host's.
     assert render("{% extends 'base.html' %}", users["alice"]).startswith("HOST BASE")
+
+
+@pytest.mark.parametrize("value", ["host/missing.html", "", 7])
+def test_a_base_template_that_cannot_be_used_fails_the_checks(settings, value):
+    settings.NOTIFY_BASE_TEMPLATE = value
+    errors = [m for m in check_settings() if m.id == "notify.E017"]
+    assert len(errors) == 1
+    assert errors[0].msg.startswith("NOTIFY_BASE_TEMPLATE: ")
+
+
+def test_the_default_and_a_hosts_base_template_pass_the_checks(settings):
+    assert not [m for m in check_settings() if m.id == "notify.E017"]
+    settings.TEMPLATES = host_templates({"host/base.html": HOST_BASE})
+    settings.NOTIFY_BASE_TEMPLATE = "host/base.html"
+    assert not [m for m in check_settings() if m.id == "notify.E017"]
 
 
 # -- in Chromium, against real uvicorn with notify under /notifications/ ----

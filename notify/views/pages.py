@@ -17,7 +17,8 @@ from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
 from notify import wire
 from notify.broker import get_broker
-from notify.client import base_template, client_config
+from notify.client import client_config
+from notify.conf import conf
 from notify.models import Audience, Level, Notification
 from notify.permissions import Caller, is_staff
 from notify.views.http import (
@@ -39,7 +40,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "notify/inbox.html",
-        {"notify_base_template": base_template(), "active": "inbox"},
+        {"notify_base_template": conf.base_template, "active": "inbox"},
     )
 
 
@@ -50,7 +51,7 @@ def broadcast(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied("The broadcast console is for staff.")
     users = get_user_model().objects.filter(is_active=True).order_by("username")
     context = {
-        "notify_base_template": base_template(),
+        "notify_base_template": conf.base_template,
         "config": client_config(request),
         "active": "broadcast",
         "levels": Level.choices,
