@@ -107,6 +107,7 @@ async def test_a_server_started_while_redis_is_down_serves_then_goes_live(
     """Streams and long polls work from the database while Redis is away
     (within NOTIFY_RESYNC_SECONDS, 1 s here), and delivery goes live through
     Redis once it is up, with nothing lost and nothing doubled."""
+    alice_id = await User.objects.values_list("pk", flat=True).aget(username="alice")
     redis = RedisServer(workdir)  # its port, not started yet
     server = UvicornServer(workdir, server_env | {"REDIS_URL": redis.url}, "no-redis")
     super(UvicornServer, server).start()  # its own start() waits for a 200
@@ -149,6 +150,8 @@ async def test_a_server_started_while_redis_is_down_serves_then_goes_live(
             redis.start()
             try:
                 await asyncio.sleep(3)  # the reader connects within its 1 s backoff
+                # The stream counted while Redis was away is counted there now.
+                assert _slot_counts(redis.url) == {str(alice_id): "1"}
                 await _publish(client, server.url, tokens["admin"], "live 1")
                 last = await _publish(client, server.url, tokens["admin"], "live 2")
                 async with asyncio.timeout(5):
@@ -158,6 +161,20 @@ async def test_a_server_started_while_redis_is_down_serves_then_goes_live(
     finally:
         server.stop()
     assert ids == list(range(first, last + 1))
+
+
+def _slot_counts(url: str) -> dict[str, str]:
+    """The streams per user that server processes report to Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        found: dict[str, str] = {}
+        for key in client.keys("notify:slots:*"):
+            found |= client.hgetall(key)
+        return found
+    finally:
+        client.close()
 
 
 def _answers(url: str) -> bool:
