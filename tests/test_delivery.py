@@ -171,7 +171,7 @@ def _slot_counts(url: str) -> dict[str, str]:
     try:
         found: dict[str, str] = {}
         for key in client.keys("notify:slots:*"):
-            found |= client.hgetall(key)
+            found |= {str(k): str(v) for k, v in client.hgetall(key).items()}
         return found
     finally:
         client.close()
