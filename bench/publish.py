@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench import procstat, servers
+from bench import probes, procstat, servers
 from bench.run import ROOT, _prepare_database, notify_env
 
 RESULTS = ROOT / "bench" / "results"
@@ -43,6 +43,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="per phase")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--users", type=int, default=1000)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the worker while it publishes (bench/results/profile-*.txt)",
+    )
     args = p.parse_args(argv)
     args.database_names = [d.strip() for d in args.databases.split(",") if d.strip()]
     if not args.database_names or set(args.database_names) - {"sqlite", "postgres"}:
@@ -130,7 +135,12 @@ async def _measure(
         _log(f"{database}: reference (GET /healthz) for {args.seconds:g} s")
         reference = await _phase(url, pid, args.seconds, args.concurrency, healthz)
         _log(f"{database}: publish for {args.seconds:g} s")
-        published = await _phase(url, pid, args.seconds, args.concurrency, publish)
+        profiler = probes.Profiler(args.profile, RESULTS)
+        await profiler.start(pid, f"publish-{database}")
+        try:
+            published = await _phase(url, pid, args.seconds, args.concurrency, publish)
+        finally:
+            await profiler.stop()
         ratio = published["per_second"] / reference["per_second"]
         _log(
             f"{database}: {published['per_second']:.0f} publishes/s "
@@ -155,6 +165,7 @@ async def _measure(
 def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     found = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for database in args.database_names:
         with tempfile.TemporaryDirectory(prefix="notify-publish-") as tmp:
             found.append(asyncio.run(_measure(database, args, Path(tmp))))
