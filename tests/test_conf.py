@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from django.core.checks import CheckMessage, run_checks
+from django.core.checks import CheckMessage, Tags, run_checks
 from django.test import override_settings
 
 from notify.checks import check_settings
@@ -242,7 +242,10 @@ CHECKED: list[tuple[str, Any, str]] = [
 
 
 def _errors() -> list[CheckMessage]:
-    return [m for m in run_checks() if m.id and m.id.startswith("notify.E")]
+    # notify's checks only: the model checks need the database on Django 6.1
+    # (a JSONField asks the backend what it supports).
+    found = run_checks(tags=[Tags.compatibility])
+    return [m for m in found if m.id and m.id.startswith("notify.E")]
 
 
 def test_the_defaults_pass_the_system_checks():

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.core.checks import run_checks
+from django.core.checks import Tags, run_checks
 from django.test import override_settings
 
 from tests.support.servers import ROOT
@@ -42,7 +42,9 @@ def _reported(**overrides: Any) -> list[str]:
     with override_settings(**(SECURE | overrides)):
         return sorted(
             m.id
-            for m in run_checks(include_deployment_checks=True)
+            # Only the security checks: the model checks need the database
+            # on Django 6.1 (a JSONField asks the backend what it supports).
+            for m in run_checks(tags=[Tags.security], include_deployment_checks=True)
             if m.id
             and m.id.startswith(("security.", "notify.W1"))
             and not m.is_silenced()

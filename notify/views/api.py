@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,10 +30,30 @@ from notify.views.http import (
 
 MAX_BODY = 64 * 1024
 LIST_DEFAULT, LIST_MAX = 50, 200
+# Deeper JSON is refused before parsing: how deep the parser itself goes
+# before a RecursionError depends on the Python version (3.13 parses 5000
+# levels that 3.11 refuses), and so would the answer.
+MAX_DEPTH = 500
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(text: str) -> bool:
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif token in ("]", "}"):
+            depth -= 1
+    return False
 
 
 def _json_body(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
@@ -47,6 +68,8 @@ def _json_body(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
         if declared > MAX_BODY or len(request.body) > MAX_BODY:
             return None, error(413, f"request body over {MAX_BODY // 1024} KiB")
         text = request.body.decode("utf-8")
+        if _too_deep(text):
+            return None, error(400, "malformed JSON: nested too deeply")
         payload = json.loads(text, parse_constant=_reject_constant)
         # "\ud800" escapes decode to lone surrogates, which no database can
         # store: raises UnicodeEncodeError (a ValueError) here instead.
