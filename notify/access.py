@@ -189,6 +189,19 @@ class Rechecker:
                 self._run(), context=contextvars.Context()
             )
 
+    def missed(self, sub: Subscription, since: float) -> None:
+        """Apply to a new subscription the control messages for its user that
+        arrived after ``since`` (loop time; when its credential was read) and
+        before it subscribed: a revocation in that window would otherwise
+        never reach it."""
+        fanout = self._broker.fanout
+        if not fanout.recent or fanout.recent[-1][0] < since:
+            return
+        user = f"user:{_user_of(sub)}"
+        for at, message in list(fanout.recent):
+            if at >= since and user in message.channels:
+                fanout.apply_control(message, (sub,))
+
     def expire_at(self, sub: Subscription, expires: float) -> None:
         """Re-check ``sub`` when its session expires (POSIX time)."""
         self._pushed += 1

@@ -72,8 +72,13 @@ class _Heartbeat:
         self._timer.cancel()
 
 
-async def event_stream(opening: Opening) -> AsyncIterator[bytes]:
-    """The bytes of one event stream, from prelude to disconnect."""
+async def event_stream(
+    opening: Opening, since: float | None = None
+) -> AsyncIterator[bytes]:
+    """The bytes of one event stream, from prelude to disconnect.
+
+    ``since``: the loop time before its credential was read (revocations
+    that arrive after it apply to this stream)."""
     yield _prelude()
     broker = get_broker()
     heartbeat = conf.heartbeat_seconds
@@ -88,6 +93,8 @@ async def event_stream(opening: Opening) -> AsyncIterator[bytes]:
             checker = rechecker(broker)
             if opening.expires is not None:
                 checker.expire_at(sub, opening.expires)
+            if since is not None:
+                checker.missed(sub, since)
             del checker
             head = b""
             if opening.reset:

@@ -339,3 +339,31 @@ async def test_a_revocation_from_a_request_reaches_streams_without_redis(
         )
         assert response.status_code == 302
     await _ends_revoked(stream, "token-revoked")
+
+
+async def test_a_revocation_between_authentication_and_subscription_still_applies():
+    """A stream whose credential was read just before a revocation arrived,
+    and that subscribed just after, still ends; one opened after it is not
+    touched, nor is another credential's."""
+    from notify.access import credential_key, rechecker, revoke_message
+    from notify.broker.memory import MemoryBroker
+
+    broker = MemoryBroker()
+    checker = rechecker(broker)
+    loop = asyncio.get_running_loop()
+    async with broker.subscribe(["user:1"]):  # the broker is running
+        since = loop.time()
+        await broker.publish(revoke_message(7, credential_key(42), "token-revoked"))
+        later = loop.time()
+        async with (
+            broker.subscribe(["user:7"], credential=42) as late,
+            broker.subscribe(["user:7"], credential=43) as other,
+            broker.subscribe(["user:7"], credential=42) as reopened,
+        ):
+            checker.missed(late, since)
+            checker.missed(other, since)
+            checker.missed(reopened, later + 0.001)
+            assert late.ended and [m.control for m in late.drain(9)] == ["revoke t42"]
+            assert not other.ended and not other.drain(9)
+            assert not reopened.ended and not reopened.drain(9)
+    await broker.aclose()

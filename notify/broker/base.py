@@ -28,6 +28,7 @@ replays from the database. Nobody else waits for it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from notify import metrics
 logger = logging.getLogger(__name__)
 
 _SLICE = 1000  # subscriptions handed a message between two looks at the loop
+RECENT = 60.0  # seconds control messages are kept for late subscribers
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,10 @@ class Fanout:
         self._lock = asyncio.Lock()
         self.on_recheck: Recheck | None = None
         self.matches: Matches | None = None
+        # Control messages of the last RECENT seconds (loop time, message): a
+        # stream authenticated just before one arrived, and subscribed just
+        # after, looks here for what it missed (see notify.access).
+        self.recent: collections.deque[tuple[float, Message]] = collections.deque()
 
     @property
     def subscriptions(self) -> set[Subscription]:
@@ -274,6 +280,15 @@ class Fanout:
                 sub.deliver(message)
 
     def _control(self, message: Message, targets: Sequence[Subscription]) -> None:
+        now = asyncio.get_running_loop().time()
+        recent = self.recent
+        while recent and recent[0][0] < now - RECENT:
+            recent.popleft()
+        recent.append((now, message))
+        self.apply_control(message, targets)
+
+    def apply_control(self, message: Message, targets: Iterable[Subscription]) -> None:
+        """Act on a control message for ``targets`` (its subscriptions)."""
         assert message.control is not None
         kind, _, target = message.control.partition(" ")
         if kind == "revoke":
@@ -283,8 +298,9 @@ class Fanout:
                     sub.end(message)
                     metrics.REVOKED.inc()
         elif kind == "recheck":
-            if self.on_recheck is not None and targets:
-                self.on_recheck(targets)
+            subs = list(targets)
+            if self.on_recheck is not None and subs:
+                self.on_recheck(subs)
         else:
             logger.warning("skipping an unknown control message %.40r", message.control)
 

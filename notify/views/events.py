@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -93,6 +94,7 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     # body then runs on the event loop alone, with no database work unless the
     # client is behind.
     try:
+        since = asyncio.get_running_loop().time()
         identity, opening = await aopen_stream(request, cursor)
     except OpenerBusyError:
         # A reconnect storm: a cheap answer now beats a slow one for everybody.
@@ -106,7 +108,7 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     slot = await caps.acquire(identity.user_id)
     if slot is None:
         return _too_many()
-    response = EventStreamResponse(event_stream(opening), request)
+    response = EventStreamResponse(event_stream(opening, since), request)
     # Closers run however the response ends, even if it never started.
     response._resource_closers.append(slot.release)  # type: ignore[attr-defined]
     return response
