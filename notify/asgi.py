@@ -144,12 +144,12 @@ async def send_request_started(
     ):
         return
     sync_receivers, async_receivers = signal._live_receivers(sender)
-    if sync_receivers:
-        executor.defer_started(sender, scope)
     if async_receivers:
-        await asyncio.gather(
-            *(r(signal=signal, sender=sender, scope=scope) for r in async_receivers)
-        )
+        # Django's own order then (since 6.0: the synchronous receivers, then
+        # the asynchronous ones together); none of Django's is asynchronous.
+        await signal.asend(sender=sender, scope=scope)
+    elif sync_receivers:
+        executor.defer_started(sender, scope)
 
 
 class ThreadPoolASGIHandler(ASGIHandler):

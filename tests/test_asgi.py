@@ -168,6 +168,31 @@ async def test_request_started_receivers_run_once_on_the_requests_thread(tokens,
 
 
 @pytest.mark.django_db
+async def test_with_an_async_request_started_receiver_django_sends_the_signal():
+    """A host's async receiver: the signal goes out as Django sends it (in
+    Django's order), the sync receivers still on the request's thread."""
+    order: list[str] = []
+
+    async def async_receiver(**kwargs: Any) -> None:
+        order.append("async")
+
+    signals.request_started.connect(async_receiver, dispatch_uid="test-async")
+    try:
+        with _threads_running_request_started() as seen:
+            communicator = ApplicationCommunicator(
+                application, http_scope("GET", "/no-such-page/", "none")
+            )
+            await communicator.send_input({"type": "http.request", "body": b""})
+            status, _ = await _response(communicator)
+            await communicator.wait(timeout=WAIT)
+    finally:
+        signals.request_started.disconnect(dispatch_uid="test-async")
+    assert status == 404
+    assert order == ["async"]
+    assert len(seen) == 1 and seen[0].startswith("notify-sync-")
+
+
+@pytest.mark.django_db
 async def test_request_started_receivers_run_for_a_request_without_sync_work():
     """A view that never leaves the event loop: the deferred receivers still
     run, when the response is closed."""

@@ -93,6 +93,21 @@ FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
         "django.utils.deprecation.MiddlewareMixin.__acall__": "adf8cbcaf9f11e45",
     },
 }
+# Django 6.1, reviewed against 5.2: ASGIHandler.handle races the disconnect
+# listener in a TaskGroup (the same outcome as ours: request_finished without
+# a response, response.close() with one); read_body writes to a spooled file
+# already on disk in a thread (ours defers to it for any body not in one
+# message); send_response's Set-Cookie encoding is the same bytes (ours in
+# _start_message); Signal.asend runs the sync receivers before the async ones
+# (ours hands the signal to Django's asend whenever there is an async
+# receiver); process_view changed a comment only.
+FINGERPRINTS[(6, 1)] = FINGERPRINTS[(5, 2)] | {
+    "django.core.handlers.asgi.ASGIHandler.handle": "c91f27c7fcdc3fff",
+    "django.core.handlers.asgi.ASGIHandler.read_body": "88b4e284fc829700",
+    "django.core.handlers.asgi.ASGIHandler.send_response": "d91e83d2c6859eda",
+    "django.dispatch.dispatcher.Signal.asend": "251720ef067471e0",
+    "django.middleware.csrf.CsrfViewMiddleware.process_view": "912b151aa62a145e",
+}
 
 
 def _resolve(path: str) -> Any:
