@@ -5,7 +5,9 @@ retention, E005 publish rate, E006 queue size, E007 replay batch, E008 resync,
 E009 sync threads, E010 broker, E011 open backlog, E012 streams per user,
 E013 prune interval, E014 Redis URL, E015 Redis key prefix, E016 metrics
 token, E017 base template;
-notify.W001 the insecure development key; notify.W101-W103 (deployment,
+notify.W001 the insecure development key; notify.W002 (in
+``handler_checks``) the project's ASGI application is not notify's handler;
+notify.W101-W103 (deployment,
 in ``deploy_checks``) Django's security, clickjacking or CSRF middleware
 missing, counting subclasses.
 """
@@ -18,7 +20,10 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from notify import deploy_checks  # noqa: F401 - registers its checks
+from notify import (  # noqa: F401 - register their checks
+    deploy_checks,
+    handler_checks,
+)
 from notify.conf import SETTINGS, conf
 
 

@@ -1,0 +1,2 @@
+"""Stands for a host project's settings module (never loaded): its sibling
+``asgi`` module is Django's stock one."""
