@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from notify.exceptions import NotifyError, RateLimitedError, ValidationError
 from notify.models import APIToken, Audience, Notification
-from notify.publish import persist, send
+from notify.publishing import persist, send
 from notify.validation import Draft, validate
 
 # What a new notification is written with; the rest is set when it is sent.

@@ -47,7 +47,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 
 from notify.models import Notification
-from notify.publish import publish
+from notify.publishing import publish
 
 ALL_CHANNELS = frozenset({"", "all", "broadcast"})
 FIELDS = ("title", "body", "level", "url", "expires_at")

@@ -11,7 +11,7 @@ from django.db.models import Max
 from notify import history, wire
 from notify.broker import Message
 from notify.models import ReadCursor, ReadMark
-from notify.publish import send
+from notify.publishing import send
 
 
 def page(

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def _announce(message: Message) -> None:
-    from notify.publish import send
+    from notify.publishing import send
 
     transaction.on_commit(lambda: async_to_sync(send)(message, count=False))
 

@@ -29,7 +29,7 @@ from playwright.async_api import (
     expect,
 )
 
-from notify.publish import persist
+from notify.publishing import persist
 from notify.validation import validate
 from tests.support.metrics import samples
 from tests.support.servers import UvicornServer, auth, manage

@@ -16,7 +16,7 @@ from notify.compat import audience_for, send_event
 from notify.exceptions import ValidationError
 from notify.history import load_viewer
 from notify.models import Notification
-from notify.publish import publish
+from notify.publishing import publish
 from notify.validation import NOT_UNICODE
 
 

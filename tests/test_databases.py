@@ -26,7 +26,7 @@ from django.test import AsyncClient
 
 from notify.exceptions import ValidationError
 from notify.models import Notification
-from notify.publish import publish
+from notify.publishing import publish
 from notify.tokens import create_token
 from notify.validation import NUL
 from tests.support.api import body, post_json
@@ -95,7 +95,7 @@ import django
 django.setup()
 from django.db import transaction
 
-from notify.publish import publish
+from notify.publishing import publish
 
 name, count, barrier = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 rng = random.Random(name)

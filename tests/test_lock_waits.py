@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from notify.publish import _ADVISORY_LOCK
+from notify.publishing import _ADVISORY_LOCK
 from tests.support.locks import PUBLISHERS, hold_lock, release
 from tests.support.servers import ROOT, auth
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from notify import history, wire
 from notify.models import Notification, RetentionMark
-from notify.publish import persist, send
+from notify.publishing import persist, send
 from notify.validation import validate
 from tests.support.servers import RedisServer, auth
 from tests.support.sse import Event, events

@@ -24,7 +24,7 @@ from notify import metrics, sse, wire
 from notify.broker import get_broker
 from notify.inbox import amark_read
 from notify.models import Notification
-from notify.publish import apublish
+from notify.publishing import apublish
 from project.asgi import application
 from tests.support.asgi import ApplicationCommunicator, http_scope
 from tests.support.metrics import scrape

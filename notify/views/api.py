@@ -14,7 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from notify import inbox, permissions, wire
 from notify.exceptions import RateLimitedError, ValidationError
 from notify.permissions import Caller, can_publish
-from notify.publish import Published, persist, send
+from notify.publishing import Published, persist, send
 from notify.validation import validate
 from notify.views.http import (
     MAX_ID,

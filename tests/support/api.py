@@ -8,7 +8,7 @@ from typing import Any
 from django.test import AsyncClient
 
 from notify.models import Notification
-from notify.publish import persist
+from notify.publishing import persist
 from notify.validation import validate
 from tests.support.servers import auth
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from notify.exceptions import ValidationError
 from notify.models import Level
-from notify.publish import publish
+from notify.publishing import publish
 
 
 class Command(BaseCommand):
