@@ -36,16 +36,13 @@ import time
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any
 
-from django.conf import settings
 from django.contrib import auth
-from django.http import HttpRequest
 
 from notify import metrics, sse
 from notify.broker import Broker, Message, Subscription
-from notify.credentials import identify
+from notify.credentials import session_user
 from notify.history import load_viewer
 from notify.models import APIToken
 from notify.opening import get_opener
@@ -84,17 +81,25 @@ def revoke_message(user_id: int, target: str, reason: str) -> Message:
     return Message(0, _channels([user_id]), frame, control=f"revoke {target}")
 
 
-def recheck_message(user_ids: Iterable[int]) -> Message:
-    """Ask every process to check these users' streams against the database."""
-    return Message(0, _channels(user_ids), b"", control="recheck")
+def recheck_message(user_ids: Iterable[int], newest: int | None = None) -> Message:
+    """Ask every process to check these users' streams against the database.
+
+    ``newest``: the newest notification id when their groups changed; a
+    stream that must reconnect for a new group resumes from there."""
+    control = "recheck" if newest is None else f"recheck {newest}"
+    return Message(0, _channels(user_ids), b"", control=control)
 
 
-def reconnect_message() -> Message:
-    """End a stream so that its browser reconnects soon, cursor in hand: a
-    ``retry:`` spread over a second keeps a large group change from turning
-    into one burst of reconnects."""
+def reconnect_message(newest: int | None) -> Message:
+    """End a stream so that its browser reconnects soon: a ``retry:`` spread
+    over a second keeps a large group change from turning into one burst of
+    reconnects. With ``newest``, the stream first moves the browser's cursor
+    back to it (an ``id:`` without data), so that the reconnect replays what a
+    new group received since the change, even below ids already sent (the
+    client drops what it has seen)."""
     frame = sse.retry(random.randint(250, 1500))
-    return Message(0, (), frame, control="reconnect")
+    control = "reconnect" if newest is None else f"reconnect {newest}"
+    return Message(0, (), frame, control=control)
 
 
 def _user_of(sub: Subscription) -> int:
@@ -128,15 +133,6 @@ def _user_active(user_id: int) -> bool:
     return user is not None and getattr(user, "is_active", True)
 
 
-def _session_request(key: str) -> HttpRequest:
-    """A request carrying nothing but this session, for :func:`identify`."""
-    request = HttpRequest()
-    request.COOKIES[settings.SESSION_COOKIE_NAME] = key
-    engine = import_module(settings.SESSION_ENGINE)
-    request.session = engine.SessionStore(key)
-    return request
-
-
 def check(items: Sequence[tuple[int, int | str | None]]) -> list[Verdict]:
     """Re-check ``(user id, credential)`` pairs against the database
     (synchronous: it runs on the opening thread)."""
@@ -154,14 +150,17 @@ def check(items: Sequence[tuple[int, int | str | None]]) -> list[Verdict]:
                 Verdict(None if alive else TOKEN_REVOKED, channels[user_id])
             )
         elif isinstance(credential, str):
-            identity = identify(_session_request(credential))
-            if identity.user_id != user_id:
+            owner, expires = session_user(credential)
+            if owner != user_id:
                 verdicts.append(Verdict(SESSION_ENDED))
             else:
-                verdicts.append(Verdict(None, channels[user_id], identity.expires))
+                verdicts.append(Verdict(None, channels[user_id], expires))
         else:
             verdicts.append(Verdict(None, channels[user_id]))
     return verdicts
+
+
+_CHUNK = 256  # subscriptions re-checked per trip to the opening thread
 
 
 class Rechecker:
@@ -176,14 +175,19 @@ class Rechecker:
         self._broker = broker
         self._loop = asyncio.get_running_loop()
         self._pending: set[Subscription] = set()
+        self._newest: dict[Subscription, int] = {}  # see recheck_message
         self._task: asyncio.Task[None] | None = None
         self._expiries: list[tuple[float, int, Subscription]] = []
         self._pushed = 0
         self._timer: asyncio.TimerHandle | None = None
         self._due_at = float("inf")
 
-    def __call__(self, subs: Sequence[Subscription]) -> None:
+    def __call__(self, subs: Sequence[Subscription], newest: str = "") -> None:
         self._pending.update(subs)
+        if newest.isdigit():
+            mark = int(newest)
+            for sub in subs:
+                self._newest[sub] = min(self._newest.get(sub, mark), mark)
         if self._task is None:
             self._task = self._loop.create_task(
                 self._run(), context=contextvars.Context()
@@ -198,12 +202,20 @@ class Rechecker:
         if not fanout.recent or fanout.recent[-1][0] < since:
             return
         user = f"user:{_user_of(sub)}"
-        for at, message in list(fanout.recent):
-            if at >= since and user in message.channels:
-                fanout.apply_control(message, (sub,))
+        found = []
+        for at, message in reversed(fanout.recent):
+            if at < since:
+                break
+            if user in message.channels:
+                found.append(message)
+        for message in reversed(found):
+            fanout.apply_control(message, (sub,))
 
     def expire_at(self, sub: Subscription, expires: float) -> None:
         """Re-check ``sub`` when its session expires (POSIX time)."""
+        if sub.expires == expires:
+            return  # already due then
+        sub.expires = expires
         self._pushed += 1
         if self._pushed > 64 and self._pushed > len(self._expiries) // 2:
             self._expiries = [e for e in self._expiries if not e[2].ended]
@@ -229,8 +241,9 @@ class Rechecker:
         now = time.time()
         due = []
         while self._expiries and self._expiries[0][0] <= now:
-            _, _, sub = heapq.heappop(self._expiries)
-            if not sub.ended:
+            expires, _, sub = heapq.heappop(self._expiries)
+            if not sub.ended and sub.expires == expires:  # else superseded
+                sub.expires = None
                 due.append(sub)
         if due:
             self(due)
@@ -239,8 +252,15 @@ class Rechecker:
     async def _run(self) -> None:
         try:
             while self._pending:
-                subs = [s for s in self._pending if not (s.ended or s.lagged)]
-                self._pending.clear()
+                # A bounded chunk per trip to the opening thread: a change to
+                # a large group must not hold new streams up for long.
+                subs: list[Subscription] = []
+                while self._pending and len(subs) < _CHUNK:
+                    sub = self._pending.pop()
+                    if not (sub.ended or sub.lagged):
+                        subs.append(sub)
+                    else:
+                        self._newest.pop(sub, None)
                 if not subs:
                     continue
                 items = [(_user_of(s), s.credential) for s in subs]
@@ -252,11 +272,11 @@ class Rechecker:
                     self._pending.update(subs)
                     continue
                 for sub, verdict in zip(subs, verdicts, strict=True):
-                    self._apply(sub, verdict)
+                    self._apply(sub, verdict, self._newest.pop(sub, None))
         finally:
             self._task = None
 
-    def _apply(self, sub: Subscription, verdict: Verdict) -> None:
+    def _apply(self, sub: Subscription, verdict: Verdict, newest: int | None) -> None:
         if sub.ended or sub.lagged:
             return
         if verdict.reason is not None:
@@ -267,7 +287,7 @@ class Rechecker:
             if verdict.channels <= sub.channels:
                 self._broker.resubscribe(sub, verdict.channels)
             else:
-                sub.end(reconnect_message())
+                sub.end(reconnect_message(newest))
                 return
         if verdict.expires is not None:
             self.expire_at(sub, verdict.expires)

@@ -29,6 +29,11 @@ class Slot:
         self._user_id = user_id
         self._loop = loop
 
+    def __del__(self) -> None:
+        # A response dropped without being closed (cancelled in a middleware)
+        # still frees its slot.
+        self.release()
+
     def release(self) -> None:
         broker, self._broker = self._broker, None
         if broker is None:

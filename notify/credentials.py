@@ -52,7 +52,7 @@ class Identity:
     user_id: int
     by_token: bool = False
     bad_token: bool = False
-    credential: int | str | None = field(default=None, compare=False)
+    credential: int | str | None = field(default=None, compare=False, repr=False)
     expires: float | None = field(default=None, compare=False)
 
 
@@ -170,3 +170,38 @@ def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
     ):
         return pk, expire_date.timestamp()
     return None  # Django decides: a fallback key (and a new session key) or a flush
+
+
+def session_user(key: str) -> tuple[int, float | None]:
+    """The user a session belongs to (0 for nobody) and when it expires, as
+    :func:`identify` would find them, but without changing anything: no new
+    session key for a hash made with a fallback key, no flush of a session
+    whose hash no longer matches (that one just belongs to nobody). Open
+    streams are re-checked with it (:mod:`notify.access`)."""
+    fast = _session_user_id(key)
+    if fast is not None:
+        return fast
+    store = _session_store()(key)
+    session = store.load()  # {} when missing or expired; nothing is written
+    user_key = session.get(auth.SESSION_KEY)
+    backend_path = session.get(auth.BACKEND_SESSION_KEY)
+    session_hash = session.get(auth.HASH_SESSION_KEY)
+    if not (user_key and session_hash and isinstance(backend_path, str)) or (
+        backend_path not in settings.AUTHENTICATION_BACKENDS
+    ):
+        return _NOBODY
+    user_model: Any = auth.get_user_model()
+    try:
+        pk = user_model._meta.pk.to_python(user_key)
+    except ValidationError:
+        return _NOBODY
+    user = auth.load_backend(backend_path).get_user(pk)
+    if user is None or not getattr(user, "is_active", True):
+        return _NOBODY
+    hashes = [user.get_session_auth_hash()]
+    fallbacks = getattr(user, "get_session_auth_fallback_hash", None)
+    if fallbacks is not None:
+        hashes += list(fallbacks())
+    if any(constant_time_compare(session_hash, h) for h in hashes):
+        return int(user.pk), store.get_expiry_date().timestamp()
+    return _NOBODY

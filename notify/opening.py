@@ -21,7 +21,7 @@ import contextvars
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.db import close_old_connections, connections
@@ -54,7 +54,7 @@ class Opening:
     latest: int
     cursor: int | None
     reset: str | None = None
-    credential: int | str | None = None
+    credential: int | str | None = field(default=None, repr=False)
     expires: float | None = None
 
     @property
@@ -66,6 +66,13 @@ class Opening:
 _LATEST = Prepared(
     lambda: Notification.objects.order_by("-id").values_list("id")[:1], []
 )
+
+
+def latest_id() -> int:
+    """The newest committed notification id (0 when there is none)."""
+    return int(_LATEST.value(default=0))
+
+
 _PRUNED_THROUGH = Prepared(
     lambda: RetentionMark.objects.filter(pk=1).values_list("pruned_through"), []
 )

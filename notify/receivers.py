@@ -2,13 +2,20 @@
 :mod:`notify.access`), connected by ``NotifyConfig.ready``.
 
 Each receiver runs in the process that made the change and hands a message to
-the broker once the change is committed, as :func:`notify.publish` does; with
-Redis, every server process gets it.
+the broker once the change is committed; with Redis, every server process gets
+it. In a server process the message goes to its event loop's broker without
+the saving thread waiting; elsewhere (a shell, a worker) it is sent at once,
+for at most ``ANNOUNCE_TIMEOUT`` seconds, so an unreachable Redis never holds
+up a save for long. Saves that change nothing an open stream depends on send
+nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
@@ -17,7 +24,8 @@ from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_init, post_save
+from django.utils import timezone
 
 from notify.access import (
     EVERY_CREDENTIAL,
@@ -29,16 +37,40 @@ from notify.access import (
     recheck_message,
     revoke_message,
 )
-from notify.broker import Message
+from notify.broker import Message, serving_loop
 from notify.models import APIToken
+from notify.opening import latest_id
 
 logger = logging.getLogger(__name__)
 
 
-def _announce(message: Message) -> None:
+ANNOUNCE_TIMEOUT = 2.0
+
+
+def _announce(message: Message | Callable[[], Message]) -> None:
+    """Send ``message`` (or what the callable makes, then) once committed."""
+    transaction.on_commit(lambda: _deliver(message() if callable(message) else message))
+
+
+def _deliver(message: Message) -> None:
     from notify.publishing import send
 
-    transaction.on_commit(lambda: async_to_sync(send)(message, count=False))
+    loop = serving_loop()
+    if loop is not None:
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            asyncio.run_coroutine_threadsafe(send(message, count=False), loop)
+            return
+    async_to_sync(_send_briefly)(message)
+
+
+async def _send_briefly(message: Message) -> None:
+    from notify.publishing import send
+
+    try:
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+            await send(message, count=False)
+    except TimeoutError:
+        logger.warning("access change not announced: the broker did not answer")
 
 
 def _logged_out(sender: Any, request: Any, user: Any, **_: Any) -> None:
@@ -48,6 +80,9 @@ def _logged_out(sender: Any, request: Any, user: Any, **_: Any) -> None:
 
 
 def _session_deleted(sender: Any, instance: Any, **_: Any) -> None:
+    expire_date = getattr(instance, "expire_date", None)
+    if expire_date is not None and expire_date <= timezone.now():
+        return  # expired already: its streams were re-checked at its expiry
     try:
         data = instance.get_decoded()
         user_id = int(data.get(auth.SESSION_KEY))
@@ -69,16 +104,28 @@ def _token_deleted(
     )
 
 
+_LOADED = "_notify_access"  # what open streams depend on, as loaded or saved
+
+
+def _access(user: Any) -> tuple[Any, Any]:
+    return (user.__dict__.get("password"), user.__dict__.get("is_active"))
+
+
+def _user_loaded(sender: Any, instance: Any, **_: Any) -> None:
+    instance.__dict__[_LOADED] = _access(instance)
+
+
 def _user_saved(
-    sender: Any, instance: Any, created: bool, update_fields: Any, **_: Any
+    sender: Any, instance: Any, created: bool, raw: bool = False, **_: Any
 ) -> None:
-    if created or (update_fields is not None and set(update_fields) == {"last_login"}):
-        return  # nobody streams yet; a login changes nothing for open streams
+    before = instance.__dict__.get(_LOADED)
+    now = instance.__dict__[_LOADED] = _access(instance)
+    if created or raw or before == now:
+        return  # nobody streams yet, a fixture, or nothing that matters changed
     if not getattr(instance, "is_active", True):
         _announce(revoke_message(instance.pk, EVERY_CREDENTIAL, USER_INACTIVE))
     else:
-        # A new password (the session hash), or nothing that matters: the
-        # database tells.
+        # A new password (the session hash): the database tells.
         _announce(recheck_message([instance.pk]))
 
 
@@ -104,7 +151,9 @@ def _groups_changed(
     else:
         users = [instance.pk]
     if action in ("post_add", "post_remove", "post_clear") and users:
-        _announce(recheck_message(users))
+        # With the newest id at the change: a stream that joins a group
+        # reconnects from there (see access.Rechecker).
+        _announce(lambda: recheck_message(users, latest_id()))
 
 
 def _session_model() -> Any:
@@ -118,6 +167,7 @@ def connect() -> None:
     uid = "notify.receivers."
     user_logged_out.connect(_logged_out, dispatch_uid=uid + "logged_out")
     post_delete.connect(_token_deleted, sender=APIToken, dispatch_uid=uid + "token")
+    post_init.connect(_user_loaded, sender=user_model, dispatch_uid=uid + "user_init")
     post_save.connect(_user_saved, sender=user_model, dispatch_uid=uid + "user_saved")
     post_delete.connect(
         _user_deleted, sender=user_model, dispatch_uid=uid + "user_deleted"

@@ -112,6 +112,8 @@ async def event_stream(
                 async for chunk, replayed_through in _replay(viewer, after):
                     last_sent = replayed_through
                     yield chunk
+                    if sub.ended:
+                        break  # revoked meanwhile: say so now
             del opening, viewer  # the live loop needs only its subscription
 
             keepalive = _Heartbeat(sub, heartbeat)
@@ -129,7 +131,11 @@ async def event_stream(
                         if message.id == 0:  # pings, read-state changes
                             chunks.append(message.frame)
                             if message.control is not None:
-                                last = True  # revoked (notify.access)
+                                last = True  # revoked, or reconnect: see access
+                                kind, _, mark = message.control.partition(" ")
+                                if kind == "reconnect" and mark.isdigit():
+                                    back = min(int(mark), last_sent)
+                                    chunks[-1] = b"id: %d\n" % back + message.frame
                                 break
                         elif message.id > last_sent and (
                             message.expires_at is None

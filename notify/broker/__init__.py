@@ -25,6 +25,7 @@ __all__ = [
     "get_broker",
     "has_broker",
     "is_serving",
+    "serving_loop",
     "serving",
     "make_broker",
     "reset_brokers",
@@ -47,6 +48,14 @@ def serving() -> None:
 
 def is_serving() -> bool:
     return asyncio.get_running_loop() in _server_loops
+
+
+def serving_loop() -> asyncio.AbstractEventLoop | None:
+    """This process's server loop, if it has one that is running."""
+    for loop in list(_server_loops):
+        if loop.is_running():
+            return loop
+    return None
 
 
 def make_broker(config: dict[str, Any] | None = None) -> Broker:

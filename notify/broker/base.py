@@ -84,6 +84,7 @@ class Subscription:
         "maxsize",
         "owner",
         "credential",
+        "expires",
         "lagged",
         "ended",
         "_items",
@@ -101,6 +102,7 @@ class Subscription:
         self.maxsize = maxsize
         self.owner = owner
         self.credential = credential  # see notify.access.credential_key
+        self.expires: float | None = None  # when notify.access looks again
         self.lagged = False
         self.ended = False
         self._items: list[Message] = []
@@ -166,15 +168,23 @@ class Subscription:
         self.deliver(message)
         self.ended = True
 
+    def close(self) -> None:
+        """Unsubscribed: keep nothing alive (a late reference may remain)."""
+        self.ended = True
+        self.owner = None
+        self._items = []
+        self._waiter = None
 
-Recheck = Callable[[Sequence[Subscription]], None]
+
+Recheck = Callable[[Sequence[Subscription], str], None]
 Matches = Callable[[Subscription, str], bool]
 
 
 class Fanout:
     """Routes messages to local subscriptions, in id order, filling gaps.
 
-    ``on_recheck`` receives the subscriptions a ``recheck`` message names;
+    ``on_recheck`` receives the subscriptions a ``recheck`` message names,
+    and its argument;
     ``matches`` tells whether a subscription is the target of a ``revoke``.
     Both are set by :mod:`notify.access`.
     """
@@ -300,7 +310,7 @@ class Fanout:
         elif kind == "recheck":
             subs = list(targets)
             if self.on_recheck is not None and subs:
-                self.on_recheck(subs)
+                self.on_recheck(subs, target)
         else:
             logger.warning("skipping an unknown control message %.40r", message.control)
 
@@ -339,7 +349,7 @@ class Subscribing:
 
     async def __aexit__(self, *exc: object) -> None:
         self._broker.fanout.remove(self._sub)
-        self._sub.ended = True
+        self._sub.close()
         metrics.OPEN_STREAMS.dec()
 
 

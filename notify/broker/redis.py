@@ -144,6 +144,7 @@ class RedisBroker(Broker):
         self._admit_script = self._client.register_script(_ADMIT)
         self._admissions: list[tuple[int, int, asyncio.Future[bool]]] = []
         self._admitting: asyncio.Task[None] | None = None
+        self._admitting_batch: list[tuple[int, int, asyncio.Future[bool]]] = []
         self._slots_changed: set[int] = set()
         self._slots_rewrite = False
         self._slots_task: asyncio.Task[None] | None = None
@@ -198,12 +199,19 @@ class RedisBroker(Broker):
             self._admitting = loop.create_task(
                 self._admit(), context=contextvars.Context()
             )
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Admitted just as the request went away: nobody will release it.
+            if future.done() and not future.cancelled() and future.result():
+                self.release_slot(user_id)
+            raise
 
     async def _admit(self) -> None:
         try:
             while self._admissions:
                 batch, self._admissions = self._admissions, []
+                self._admitting_batch = batch
                 # Not while counts are written: each is this process's count
                 # as it stands, which an admission in flight would make stale.
                 async with self._slots_lock:
@@ -217,14 +225,19 @@ class RedisBroker(Broker):
                             admitted = bool(result)
                             if admitted:
                                 self._slots[user_id] = self._slots.get(user_id, 0) + 1
-                            if result == 2 and len(self._slots) > 1:
-                                self._slots_rewrite = True
+                            if result == 2 and self._slots != {user_id: 1}:
+                                self._slots_rewrite = True  # counts were lost
                         if future.done():  # the request went away meanwhile
                             if admitted:
                                 self.release_slot(user_id)
                         else:
                             future.set_result(admitted)
         finally:
+            # Stopped mid-batch (the broker closing): nobody is left waiting.
+            for _, _, future in self._admitting_batch:
+                if not future.done():
+                    future.cancel()
+            self._admitting_batch = []
             self._admitting = None
 
     async def _run_admit(
@@ -264,7 +277,8 @@ class RedisBroker(Broker):
             try:
                 # Not while a script admits a stream: what is written here
                 # is this process's counts as they are.
-                async with self._slots_lock:
+                # Bounded: admissions wait for this lock.
+                async with self._slots_lock, asyncio.timeout(1):
                     if time.monotonic() >= next_refresh:
                         next_refresh = time.monotonic() + every
                         await self._refresh_slots()
@@ -327,6 +341,14 @@ class RedisBroker(Broker):
     async def _on_reconnect(self, _connection: object) -> None:
         metrics.BROKER_RECONNECTS.inc()
         self._resync_due = True
+        self._recheck_all()
+
+    def _recheck_all(self) -> None:
+        """Access changes announced while Redis was away never arrived: look
+        at every open stream again (notify.access)."""
+        subs = list(self.fanout.subscriptions)
+        if subs and self.fanout.on_recheck is not None:
+            self.fanout.on_recheck(subs, "")
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -345,6 +367,7 @@ class RedisBroker(Broker):
                     metrics.BROKER_RECONNECTS.inc()
                     logger.info("connected to Redis")
                     self._resync_due = True
+                    self._recheck_all()
                 if self._resync_due or time.monotonic() >= self._next_resync:
                     await self._resync()
                     await self._refresh_presence()
