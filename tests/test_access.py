@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -367,3 +368,95 @@ async def test_a_revocation_between_authentication_and_subscription_still_applie
             assert not other.ended and not other.drain(9)
             assert not reopened.ended and not reopened.drain(9)
     await broker.aclose()
+
+
+def _announced(redis_url: str, env: dict[str, str], code: str) -> list[bytes]:
+    """What a shell running ``code`` sends to the servers through Redis."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe("notify:events")
+        _shell(env, code)
+        found = []
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None:
+                found.append(message["data"])
+        return found
+    finally:
+        pubsub.close()
+        client.close()
+
+
+def test_saving_a_user_announces_only_changes_that_matter(users, redis_url, server_env):
+    env = server_env | {"REDIS_URL": redis_url}
+    load = "from django.contrib.auth.models import User\n"
+    load += "u = User.objects.get(username='alice')\n"
+    assert _announced(redis_url, env, load + "u.first_name = 'A'; u.save()") == []
+    changed = _announced(redis_url, env, load + "u.set_password('x'); u.save()")
+    assert [m.split(b"\n")[0] for m in changed] == [
+        f"0||user:{users['alice'].pk}|recheck".encode()
+    ]
+
+
+def test_an_unreachable_redis_holds_a_save_up_for_two_seconds_at_most(
+    users, server_env
+):
+    from tests.support.servers import free_port
+
+    env = server_env | {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    code = "from django.contrib.auth.models import User\n" + (
+        "import time; u = User.objects.get(username='alice'); t = time.monotonic()\n"
+        "u.is_active = False; u.save(); print(time.monotonic() - t)"
+    )
+    took = float(_shell(env, code).strip().splitlines()[-1])
+    assert took < 2.5
+
+
+async def test_a_session_expiry_is_watched_once_however_often_it_is_rechecked():
+    from notify.access import rechecker
+    from notify.broker.memory import MemoryBroker
+
+    broker = MemoryBroker()
+    checker = rechecker(broker)
+    async with broker.subscribe(["user:1"], credential="k") as sub:
+        later = time.time() + 3600
+        for _ in range(100):
+            checker.expire_at(sub, later)
+        assert len(checker._expiries) == 1
+        checker.expire_at(sub, later + 60)  # extended: the old entry is stale
+        assert sub.expires == later + 60
+    await broker.aclose()
+
+
+async def test_a_revocation_announced_while_redis_was_down_applies_once_it_is_back(
+    workdir, server_env, users, tokens
+):
+    from tests.support.servers import RedisServer
+
+    redis = RedisServer(workdir)
+    redis.start()
+    env = server_env | {"REDIS_URL": redis.url}
+    server = UvicornServer(workdir, env, "redis-down")
+    server.start()
+    try:
+        stream = await _open(server.url, headers=auth(tokens["alice"]))
+        redis.stop()
+        code = "from notify.models import APIToken\n" + (
+            "APIToken.objects.get(user__username='alice').delete()"
+        )
+        await asyncio.to_thread(_shell, env, code)  # announced to nobody
+        await asyncio.sleep(1)
+        assert not stream.ended
+        redis.start()
+        async with asyncio.timeout(10):
+            await asyncio.wait([stream.task])
+        assert [e.json() for e in stream.named("revoked")] == [
+            {"reason": "token-revoked"}
+        ]
+    finally:
+        server.stop()
+        redis.stop()

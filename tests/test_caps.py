@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from tests.support.servers import auth
+from tests.support.servers import auth, slot_counts
 from tests.test_access import Stream
 
 CAP = "3"
@@ -112,5 +112,27 @@ async def test_a_cap_of_zero_means_no_cap(start_server, tokens):
     server = start_server(NOTIFY_MAX_STREAMS_PER_USER="0")
     held = [await _open(server.url, tokens["carol"]) for _ in range(25)]
     assert {s.status for s in held} == {200}
+    for stream in held:
+        await stream.close()
+
+
+async def test_counts_lost_in_redis_are_written_again(
+    start_server, redis_url, users, tokens
+):
+    """Redis restarted without its data (or the process stalled past the
+    counts' lifetime): the next admission notices, and the process writes all
+    its counts again."""
+    import redis
+
+    server = start_server(REDIS_URL=redis_url, NOTIFY_MAX_STREAMS_PER_USER="5")
+    held = [await _open(server.url, tokens["alice"]) for _ in range(2)]
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    held.append(await _open(server.url, tokens["alice"]))
+    expected = {str(users["alice"].pk): "3"}
+    async with asyncio.timeout(RESYNC + 2):
+        while slot_counts(redis_url) != expected:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.1)
     for stream in held:
         await stream.close()

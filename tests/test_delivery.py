@@ -9,7 +9,14 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 
-from tests.support.servers import RedisServer, UvicornServer, auth, manage, wait_for
+from tests.support.servers import (
+    RedisServer,
+    UvicornServer,
+    auth,
+    manage,
+    slot_counts,
+    wait_for,
+)
 from tests.support.sse import Event, events
 
 
@@ -151,7 +158,7 @@ async def test_a_server_started_while_redis_is_down_serves_then_goes_live(
             try:
                 await asyncio.sleep(3)  # the reader connects within its 1 s backoff
                 # The stream counted while Redis was away is counted there now.
-                assert _slot_counts(redis.url) == {str(alice_id): "1"}
+                assert slot_counts(redis.url) == {str(alice_id): "1"}
                 await _publish(client, server.url, tokens["admin"], "live 1")
                 last = await _publish(client, server.url, tokens["admin"], "live 2")
                 async with asyncio.timeout(5):
@@ -161,20 +168,6 @@ async def test_a_server_started_while_redis_is_down_serves_then_goes_live(
     finally:
         server.stop()
     assert ids == list(range(first, last + 1))
-
-
-def _slot_counts(url: str) -> dict[str, str]:
-    """The streams per user that server processes report to Redis."""
-    import redis
-
-    client = redis.Redis.from_url(url, decode_responses=True)
-    try:
-        found: dict[str, str] = {}
-        for key in client.keys("notify:slots:*"):
-            found |= {str(k): str(v) for k, v in client.hgetall(key).items()}
-        return found
-    finally:
-        client.close()
 
 
 def _answers(url: str) -> bool:

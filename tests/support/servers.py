@@ -38,6 +38,20 @@ def manage(env: dict[str, str], *argv: str) -> str:
     return result.stdout
 
 
+def slot_counts(url: str) -> dict[str, str]:
+    """The open streams per user that server processes report to Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        found: dict[str, str] = {}
+        for key in client.keys("notify:slots:*"):
+            found |= {str(k): str(v) for k, v in client.hgetall(key).items()}
+        return found
+    finally:
+        client.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
