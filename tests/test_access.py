@@ -375,7 +375,7 @@ def _announced(redis_url: str, env: dict[str, str], code: str) -> list[bytes]:
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     try:
         pubsub.subscribe("notify:events")
         _shell(env, code)
