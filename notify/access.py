@@ -43,10 +43,10 @@ from django.contrib import auth
 from notify import metrics, sse
 from notify.broker import Broker, Message, Subscription
 from notify.credentials import session_user
-from notify.history import load_viewer
 from notify.models import APIToken
 from notify.opening import get_opener
 from notify.prepared import Prepared
+from notify.visibility import load_viewer
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from django.middleware.csrf import get_token
 from django.shortcuts import resolve_url
 from django.urls import reverse
 
-from notify import history
+from notify import visibility
 from notify.conf import conf
 
 _ID = 2147483647  # stands for {id} while reversing a URL
@@ -38,5 +38,5 @@ def client_config(request: HttpRequest) -> dict[str, Any]:
         "login": resolve_url(settings.LOGIN_URL),
         "retry": conf.retry_ms,
         "csrf": get_token(request),
-        "lastEventId": history.newest_visible_id(user_id),
+        "lastEventId": visibility.newest_visible_id(user_id),
     }

@@ -8,32 +8,34 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from notify import history, wire
+from notify import wire
 from notify.broker import Message
 from notify.models import ReadCursor, ReadMark
 from notify.publishing import send
+from notify.readstate import read_flags, unread
+from notify.visibility import visible
 
 
 def page(
     user_id: int, *, unread_only: bool, before: int | None, limit: int
 ) -> dict[str, Any]:
-    rows = history.unread(user_id) if unread_only else history.visible(user_id)
+    rows = unread(user_id) if unread_only else visible(user_id)
     if before is not None:
         rows = rows.filter(id__lt=before)
     found = list(rows.order_by("-id")[: limit + 1])
     more = len(found) > limit
     found = found[:limit]
-    flags = history.read_flags(user_id, [n.id for n in found])
+    flags = read_flags(user_id, [n.id for n in found])
     return {
         "results": [wire.to_wire(n, read=flags[n.id]) for n in found],
-        "unread_count": history.unread(user_id).count(),
+        "unread_count": unread(user_id).count(),
         "next": found[-1].id if more else None,
     }
 
 
 def mark_read(user_id: int, notification_id: int) -> bool:
     """Mark one notification read; False if this user cannot see it."""
-    if not history.visible(user_id).filter(id=notification_id).exists():
+    if not visible(user_id).filter(id=notification_id).exists():
         return False
     try:
         with transaction.atomic():
@@ -47,7 +49,7 @@ def mark_read(user_id: int, notification_id: int) -> bool:
 
 def mark_all_read(user_id: int) -> int:
     """Mark everything visible now as read; return the id it reaches."""
-    up_to = history.visible(user_id).aggregate(m=Max("id"))["m"] or 0
+    up_to = visible(user_id).aggregate(m=Max("id"))["m"] or 0
     with transaction.atomic():
         cursor, _ = ReadCursor.objects.select_for_update().get_or_create(
             user_id=user_id

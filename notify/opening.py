@@ -29,9 +29,9 @@ from django.http import HttpRequest
 
 from notify.conf import conf
 from notify.credentials import Identity, identify
-from notify.history import Viewer, load_viewer, newest_visible_id
 from notify.models import Notification, RetentionMark
 from notify.prepared import Prepared
+from notify.visibility import Viewer, load_viewer, newest_visible_id
 
 CURSOR_EXPIRED = "cursor-expired"
 CURSOR_AHEAD = "cursor-ahead"

@@ -51,10 +51,10 @@ def _run() -> None:
 def prune_once() -> int:
     """Prune now; how many notifications were removed (0 after a failure,
     which is logged: the next run tries again)."""
-    from notify import history  # models: not before Django is set up
+    from notify import retention  # models: not before Django is set up
 
     try:
-        removed = history.prune()
+        removed = retention.prune()
     except Exception:
         logger.exception("pruning old notifications failed")
         return 0

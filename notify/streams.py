@@ -18,8 +18,9 @@ from notify import metrics, sse
 from notify.access import rechecker
 from notify.broker import Message, Subscription, get_broker
 from notify.conf import conf
-from notify.history import Viewer, anewest_visible_id, areplay_batch
 from notify.opening import Opening
+from notify.replay import areplay_batch
+from notify.visibility import Viewer, anewest_visible_id
 from notify.wire import WireNotification
 
 logger = logging.getLogger(__name__)

@@ -41,10 +41,7 @@ def readme_steps() -> dict[str, str]:
     pattern = re.compile(
         r"<!-- adoption: (\w+) -->\n( *)```\w*\n(.*?)\n\2```", re.DOTALL
     )
-    return {
-        name: textwrap.dedent(body)
-        for name, _, body in pattern.findall(text)
-    }
+    return {name: textwrap.dedent(body) for name, _, body in pattern.findall(text)}
 
 
 def test_the_readme_has_every_step():

@@ -14,10 +14,10 @@ from django.contrib.auth.models import Group, User
 from notify.broker import forget_broker, get_broker
 from notify.compat import audience_for, send_event
 from notify.exceptions import ValidationError
-from notify.history import load_viewer
 from notify.models import Notification
 from notify.publishing import publish
 from notify.validation import NOT_UNICODE
+from notify.visibility import load_viewer
 
 
 def _make_users() -> dict[str, User]:

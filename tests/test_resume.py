@@ -19,7 +19,7 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
-from notify import history, wire
+from notify import retention, wire
 from notify.models import Notification, RetentionMark
 from notify.publishing import persist, send
 from notify.validation import validate
@@ -282,7 +282,7 @@ def pruned(users: Any) -> tuple[list[int], list[int]]:
     old = _backdated(3, days=40)
     recent = _backdated(2, days=1)
     with override_settings(NOTIFY_RETENTION_DAYS=30):
-        assert history.prune() == 3
+        assert retention.prune() == 3
     assert RetentionMark.objects.get().pruned_through == old[-1]
     return old, recent
 

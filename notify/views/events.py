@@ -10,7 +10,6 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from notify import caps
-from notify.history import aload_viewer
 from notify.opening import OpenerBusyError, aopen_stream
 from notify.permissions import Caller
 from notify.streams import event_stream, poll
@@ -24,6 +23,7 @@ from notify.views.http import (
     methods,
     unauthenticated,
 )
+from notify.visibility import aload_viewer
 
 CURSOR_PARAMS = ("last_event_id", "lastEventId")
 CONTENT_TYPE = "text/event-stream; charset=utf-8"

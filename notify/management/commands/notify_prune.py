@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from notify.conf import conf
-from notify.history import prune
+from notify.retention import prune
 
 
 class Command(BaseCommand):

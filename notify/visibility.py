@@ -1,0 +1,88 @@
+"""Who sees what: a viewer's channels, the notifications addressed to a
+user (directly, by group or to all) that have not expired, and the newest
+of them.
+
+Synchronous ORM code; async callers use the ``a*`` wrappers, each one
+``sync_to_async`` hop doing all of its queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import Group
+from django.db.models import DateTimeField, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from notify.models import Audience, Notification
+from notify.prepared import Prepared
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is reading: fixed when a stream or poll starts."""
+
+    user_id: int
+    group_ids: frozenset[int]
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(
+            {"all", f"user:{self.user_id}"} | {f"group:{g}" for g in self.group_ids}
+        )
+
+
+def visible(user_id: int, now: datetime | None = None) -> QuerySet[Notification]:
+    """Notifications addressed to this user, directly, by group or to all,
+    that have not expired."""
+    now = now or timezone.now()
+    to_user = Notification.users.through.objects.filter(user_id=user_id)
+    to_group = Notification.groups.through.objects.filter(group__user__id=user_id)
+    addressed = (
+        Q(audience=Audience.ALL)
+        | Q(audience=Audience.USER, id__in=to_user.values("notification_id"))
+        | Q(audience=Audience.GROUP, id__in=to_group.values("notification_id"))
+    )
+    return unexpired(Notification.objects.all(), now).filter(addressed)
+
+
+# After every real expiry: "never expires" compared as a date.
+_NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def unexpired(
+    notifications: QuerySet[Notification], now: datetime
+) -> QuerySet[Notification]:
+    """Those not expired at ``now``. Written as one comparison on an
+    expression, not "no expiry OR expiry after now": for that OR, SQLite reads
+    every unexpired row through the expiry index and sorts them, so finding
+    the newest, or the next few after a cursor, took time in proportion to
+    the whole table (5.5 ms at 16,000 notifications) instead of walking the
+    primary key from the right end."""
+    return notifications.alias(
+        _expires=Coalesce("expires_at", Value(_NEVER, output_field=DateTimeField()))
+    ).filter(_expires__gt=now)
+
+
+_GROUPS = Prepared(
+    lambda user_id: Group.objects.filter(user__id=user_id).values_list("id"), [int]
+)
+_NEWEST_VISIBLE = Prepared(
+    lambda user_id, now: visible(user_id, now).order_by("-id").values_list("id")[:1],
+    [int, datetime],
+)
+
+
+def load_viewer(user_id: int) -> Viewer:
+    return Viewer(user_id, frozenset(g for (g,) in _GROUPS.rows(user_id)))
+
+
+def newest_visible_id(user_id: int) -> int:
+    return int(_NEWEST_VISIBLE.value(user_id, timezone.now(), default=0))
+
+
+aload_viewer = sync_to_async(load_viewer)
+anewest_visible_id = sync_to_async(newest_visible_id)
