@@ -167,6 +167,17 @@ async def test_request_started_receivers_run_once_on_the_requests_thread(tokens,
     assert seen[0].startswith("notify-sync-")
 
 
+async def _get_missing_page() -> int:
+    """A view that never leaves the event loop (a 404); its status."""
+    communicator = ApplicationCommunicator(
+        application, http_scope("GET", "/no-such-page/", "none")
+    )
+    await communicator.send_input({"type": "http.request", "body": b""})
+    status, _ = await _response(communicator)
+    await communicator.wait(timeout=WAIT)
+    return status
+
+
 @pytest.mark.django_db
 async def test_with_an_async_request_started_receiver_django_sends_the_signal():
     """A host's async receiver: the signal goes out as Django sends it (in
@@ -179,12 +190,7 @@ async def test_with_an_async_request_started_receiver_django_sends_the_signal():
     signals.request_started.connect(async_receiver, dispatch_uid="test-async")
     try:
         with _threads_running_request_started() as seen:
-            communicator = ApplicationCommunicator(
-                application, http_scope("GET", "/no-such-page/", "none")
-            )
-            await communicator.send_input({"type": "http.request", "body": b""})
-            status, _ = await _response(communicator)
-            await communicator.wait(timeout=WAIT)
+            status = await _get_missing_page()
     finally:
         signals.request_started.disconnect(dispatch_uid="test-async")
     assert status == 404
@@ -197,11 +203,6 @@ async def test_request_started_receivers_run_for_a_request_without_sync_work():
     """A view that never leaves the event loop: the deferred receivers still
     run, when the response is closed."""
     with _threads_running_request_started() as seen:
-        communicator = ApplicationCommunicator(
-            application, http_scope("GET", "/no-such-page/", "none")
-        )
-        await communicator.send_input({"type": "http.request", "body": b""})
-        status, _ = await _response(communicator)
-        await communicator.wait(timeout=WAIT)
+        status = await _get_missing_page()
     assert status == 404
     assert len(seen) == 1 and seen[0].startswith("notify-sync-")
