@@ -86,9 +86,12 @@ def bearer(request: HttpRequest) -> Bearer:
 
 TOUCH_EVERY = 60.0  # seconds between two writes of a token's last_used_at
 
-# key hash -> when this process last wrote (or found fresh) its last_used_at.
-# Keyed by the hash, not the id: a deleted token's id can come back.
-_touched: dict[str, float] = {}
+# When this process last wrote (or found fresh) a token's last_used_at, by its
+# key hash (not the id: a deleted token's id can come back), or rather by that
+# string's own hash, an int a fraction of its size: there is one entry per
+# token seen in the last minute, thousands in a reconnect storm (a collision
+# only skips a write).
+_touched: dict[int, float] = {}
 
 # The writes run on a thread of their own, so that authenticating never waits
 # for the database's write lock (SQLite's is held by every publish, and may be
@@ -106,13 +109,14 @@ def touch(key_hash: str) -> None:
     storm of thousands of tokens costs a few statements, and the caller never
     waits for the database."""
     now = time.monotonic()
-    if now - _touched.get(key_hash, -TOUCH_EVERY) < TOUCH_EVERY:
+    seen = hash(key_hash)
+    if now - _touched.get(seen, -TOUCH_EVERY) < TOUCH_EVERY:
         return
     if len(_touched) > 10_000:  # forget tokens not seen for a minute
         for key, at in list(_touched.items()):
             if now - at >= TOUCH_EVERY:
                 del _touched[key]
-    _touched[key_hash] = now
+    _touched[seen] = now
     with _pending_lock:
         first = not _pending
         _pending.add(key_hash)
@@ -149,7 +153,7 @@ def write_used() -> None:
             APIToken.objects.filter(stale, key_hash__in=chunk).update(last_used_at=used)
         except DatabaseError as exc:
             for key in chunk:
-                _touched.pop(key, None)  # tried again at its next use
+                _touched.pop(hash(key), None)  # tried again at its next use
             logger.warning("API tokens' last use was not recorded (%s)", exc)
 
 
