@@ -115,6 +115,7 @@ async def test_a_stream_opened_with_a_token_on_a_real_server_records_it(
         async for event in events(response):
             assert event.event == "ready"
             break
+
     async def used() -> bool:
         token = await APIToken.objects.aget(user=users["alice"])
         return token.last_used_at is not None
