@@ -14,7 +14,7 @@ from datetime import timedelta
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
@@ -132,7 +132,11 @@ _pending_lock = threading.Lock()
 
 def _write_soon() -> None:
     time.sleep(_GATHER)
-    write_used()
+    try:
+        write_used()
+    finally:
+        # A write every few seconds at most: no connection kept between.
+        connections.close_all()
 
 
 def write_used() -> None:
