@@ -40,10 +40,13 @@ class EventStreamResponse(StreamingHttpResponse):
     async-generator layers Django would add around every message.
     """
 
-    def __init__(self, body: AsyncIterator[bytes], request: HttpRequest) -> None:
+    def __init__(
+        self, body: AsyncIterator[bytes], request: HttpRequest, slot: caps.Slot
+    ) -> None:
         super().__init__(body, content_type=CONTENT_TYPE)
         self._body = body
         self._request: HttpRequest | None = request
+        self._slot: caps.Slot | None = slot
         self["Cache-Control"] = "no-cache, no-store, no-transform"
         self["X-Accel-Buffering"] = "no"
 
@@ -59,9 +62,20 @@ class EventStreamResponse(StreamingHttpResponse):
         state.update(kept)
         return body
 
+    def close(self) -> None:
+        """Also frees the stream's slot (NOTIFY_MAX_STREAMS_PER_USER), however
+        the response ended, even if its body never started."""
+        slot, self._slot = self._slot, None
+        try:
+            super().close()
+        finally:
+            if slot is not None:
+                slot.release()
 
-# What HttpResponseBase.close() reads (tests/test_canary.py guards it).
-_KEPT = ("_resource_closers", "closed", "_handler_class", "status_code")
+
+# What HttpResponseBase.close() reads (tests/test_canary.py guards it), and
+# the slot our close() frees.
+_KEPT = ("_resource_closers", "closed", "_handler_class", "status_code", "_slot")
 
 
 POLL_DEFAULT, POLL_MAX = 25.0, 55.0
@@ -108,10 +122,7 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     slot = await caps.acquire(identity.user_id)
     if slot is None:
         return _too_many()
-    response = EventStreamResponse(event_stream(opening, since), request)
-    # Closers run however the response ends, even if it never started.
-    response._resource_closers.append(slot.release)  # type: ignore[attr-defined]
-    return response
+    return EventStreamResponse(event_stream(opening, since), request, slot)
 
 
 def _too_many() -> HttpResponseBase:
