@@ -80,11 +80,20 @@ def _at(r: R, count: int, key: str) -> int | None:
     return None if sample is None else int(sample[key])
 
 
+# Threads of a notify worker that may hold a database connection whatever the
+# number of streams: NOTIFY_SYNC_THREADS (4) request threads, the Opener, the
+# token last-use writer and the retention pruner. Which of the request threads
+# has been used by 10 streams is chance, so connections pass when they stay
+# within that bound rather than at the 10-stream count.
+DB_THREADS = 4 + 3
+
+
 def _flat(r: R, count: int, key: str) -> tuple[str, bool]:
     low, high = _at(r, 10, key), _at(r, count, key)
     if low is None or high is None or (key == "db_fds" and r["target"] == "reference"):
         return "—", True
-    return f"{low} → {high}", high <= low
+    bound = DB_THREADS if key == "db_fds" else low
+    return f"{low} → {high}", high <= max(low, bound)
 
 
 def _ratio(a: float, b: float) -> str:
@@ -138,7 +147,7 @@ def _metrics(n: int) -> list[Metric]:
             "DB connections at 10 → N streams",
             dbs,
             None,
-            "flat",
+            f"≤ {DB_THREADS}",
             lambda r, _: _flat(r, n, "db_fds")[1],
         ),
         (
