@@ -7,16 +7,22 @@ that differ only in their parameters, so :class:`Prepared` builds each one once
 with marker values, keeps its SQL, and later swaps the markers for real values
 in the parameter list. The query is still written with the ORM, for every
 database backend, and the SQL is whatever Django generated for it.
+
+Rows become model instances the way a queryset makes them (each column through
+its field's converters, then ``Model.from_db``), without building a queryset
+per run: ``tests/test_canary.py`` guards the Django code this mirrors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connections
 from django.db.models import QuerySet
+from django.db.models.query import ModelIterable
 
 # Markers: values no real query would carry, distinct per argument.
 _INT_BASE = -(2**31) + 7919  # in range of a 32-bit column (PostgreSQL integer)
@@ -31,6 +37,52 @@ def _marker(index: int, kind: type) -> Any:
     if kind is datetime:
         return _TIME_BASE + timedelta(seconds=index)
     raise TypeError(f"no marker for {kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """The columns of one model in a row: ``start:end``, named ``attnames``;
+    ``field`` is the foreign key that reaches it (None for the main model)."""
+
+    model: Any
+    start: int
+    end: int
+    attnames: list[str]
+    pk: int  # the primary key's index in ``attnames``
+    field: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    params: list[Any]
+    slots: list[tuple[int, int]]  # (position in params, argument)
+    # Model rows only: the model and the models it selects with it, and per
+    # column the field converters (database-specific, then the field's own).
+    parts: list[_Part]
+    converters: list[tuple[int, list[Any], Any]]
+
+
+def _parts(compiler: Any) -> list[_Part]:
+    """Where each model's columns are, as ``ModelIterable`` finds them
+    (``select_related`` one level deep)."""
+    info = compiler.klass_info
+    if info is None:
+        return []
+    parts = []
+    for part, field in [(info, None)] + [
+        (related, related["field"]) for related in info.get("related_klass_infos", ())
+    ]:
+        if part.get("related_klass_infos") and field is not None:
+            raise ValueError("select_related deeper than one level")
+        if part.get("reverse"):
+            raise ValueError("reverse select_related is not supported")
+        fields = part["select_fields"]
+        start, end = fields[0], fields[-1] + 1
+        attnames = [col.target.attname for col, _, _ in compiler.select[start:end]]
+        pk = attnames.index(part["model"]._meta.pk.attname)
+        parts.append(_Part(part["model"], start, end, attnames, pk, field))
+    return parts
 
 
 class Prepared:
@@ -50,15 +102,14 @@ class Prepared:
         self._build = build
         self._kinds = tuple(kinds)
         self._using = using
-        self._compiled: dict[str, tuple[str, list[Any], list[tuple[int, int]]]] = {}
-        self._model: Any = None
+        self._compiled: dict[str, _Compiled] = {}
 
-    def _compile(self) -> tuple[str, list[Any], list[tuple[int, int]]]:
+    def _compile(self) -> _Compiled:
         connection = connections[self._using]
         markers = [_marker(i, kind) for i, kind in enumerate(self._kinds)]
         queryset = self._build(*markers).using(self._using)
-        self._model = queryset.model
-        sql, params = queryset.query.get_compiler(using=self._using).as_sql()
+        compiler = queryset.query.get_compiler(using=self._using)
+        sql, params = compiler.as_sql()
         adapt = connection.ops.adapt_datetimefield_value
         forms: dict[Any, int] = {}
         for i, marker in enumerate(markers):
@@ -76,34 +127,72 @@ class Prepared:
         missing = set(range(len(markers))) - {arg for _, arg in slots}
         if missing:
             raise ValueError(f"arguments {sorted(missing)} do not reach the SQL")
-        compiled = (sql, list(params), slots)
+        expressions = [col for col, _, _ in compiler.select]
+        converters = compiler.get_converters(expressions)
+        compiled = _Compiled(
+            sql,
+            list(params),
+            slots,
+            _parts(compiler) if queryset._iterable_class is ModelIterable else [],
+            [(i, funcs, expr) for i, (funcs, expr) in sorted(converters.items())],
+        )
         self._compiled[connection.vendor] = compiled
         return compiled
 
-    def _sql(self, args: tuple[Any, ...]) -> tuple[str, list[Any]]:
+    def _sql(self, args: tuple[Any, ...]) -> tuple[_Compiled, list[Any]]:
         connection = connections[self._using]
         compiled = self._compiled.get(connection.vendor) or self._compile()
-        sql, template, slots = compiled
         adapt = connection.ops.adapt_datetimefield_value
-        params = list(template)
-        for position, arg in slots:
+        params = list(compiled.params)
+        for position, arg in compiled.slots:
             value = args[arg]
             params[position] = adapt(value) if isinstance(value, datetime) else value
-        return sql, params
+        return compiled, params
 
     def rows(self, *args: Any) -> list[tuple[Any, ...]]:
         """Run the query with ``args``; the rows as the database returns them."""
-        sql, params = self._sql(args)
+        compiled, params = self._sql(args)
         with connections[self._using].cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(compiled.sql, params)
             return list(cursor.fetchall())
 
     def instances(self, *args: Any) -> list[Any]:
-        """Run a query of whole model rows; model instances, with every
-        field converted as the ORM converts it (``Manager.raw``)."""
-        sql, params = self._sql(args)
-        manager = self._model._default_manager.db_manager(self._using)
-        return list(manager.raw(sql, params))
+        """Run a query of model rows (with ``select_related`` models one
+        level deep); model instances, every field converted as the ORM
+        converts it."""
+        compiled, params = self._sql(args)
+        connection = connections[self._using]
+        with connection.cursor() as cursor:
+            cursor.execute(compiled.sql, params)
+            rows = cursor.fetchall()
+        if not compiled.parts:
+            raise TypeError("instances() needs a query of model rows")
+        main, *related = compiled.parts
+        found = []
+        for row in rows:
+            if compiled.converters:
+                row = list(row)
+                for i, funcs, expression in compiled.converters:
+                    value = row[i]
+                    for convert in funcs:
+                        value = convert(value, expression, connection)
+                    row[i] = value
+            obj = main.model.from_db(
+                self._using, main.attnames, row[main.start : main.end]
+            )
+            for part in related:
+                values = row[part.start : part.end]
+                # A nullable foreign key with no row: no object.
+                other = (
+                    None
+                    if values[part.pk] is None
+                    else part.model.from_db(self._using, part.attnames, values)
+                )
+                part.field.set_cached_value(obj, other)
+                if other is not None and part.field.unique:  # one-to-one
+                    part.field.remote_field.set_cached_value(other, obj)
+            found.append(obj)
+        return found
 
     def value(self, *args: Any, default: Any = None) -> Any:
         """The first column of the first row, or ``default``."""

@@ -40,6 +40,7 @@ from notify.exceptions import (
     RateLimitedError,
     ValidationError,
 )
+from notify.insertion import PreparedInsert
 from notify.models import Audience, Notification
 from notify.prepared import Prepared
 from notify.validation import Draft, validate
@@ -47,6 +48,7 @@ from notify.validation import Draft, validate
 logger = logging.getLogger(__name__)
 
 _ADVISORY_LOCK = 0x6E6F7469  # "noti"
+_INSERT = PreparedInsert(Notification)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def persist(draft: Draft, sender: User | None = None) -> Published:
         if sender is not None:
             _check_rate(sender, now)
         user_ids, group_ids, recipients = _resolve(draft)
-        n = Notification.objects.create(
+        n = Notification(
             level=draft.level,
             title=draft.title,
             body=draft.body,
@@ -148,6 +150,7 @@ def persist(draft: Draft, sender: User | None = None) -> Published:
             sender=sender,
             recipients=recipients,
         )
+        _INSERT.insert(n)
         if user_ids:
             n.users.set(user_ids)
         if group_ids:

@@ -1,7 +1,7 @@
 """Canaries on the Django code that notify mirrors or depends on in detail.
 
-``notify/asgi.py``, ``notify/middleware.py`` and ``notify/credentials.py`` each
-reproduce a piece of Django's behaviour more cheaply (docs/ARCHITECTURE.md
+``notify/asgi.py``, ``notify/middleware.py``, ``notify/credentials.py``,
+``notify/prepared.py`` and ``notify/insertion.py`` each reproduce a piece of Django's behaviour more cheaply (docs/ARCHITECTURE.md
 says what each saves). If the installed Django's version of that piece
 changes, the copy may silently diverge, so each one's source is fingerprinted
 here. A failure means: read the new Django source, bring the notify module in
@@ -63,6 +63,17 @@ MIRRORED_BY = {
     "django.contrib.auth.base_user.AbstractBaseUser.get_session_auth_hash": (
         "notify/credentials.py"
     ),
+    "django.db.models.sql.compiler.SQLCompiler.apply_converters": "notify/prepared.py",
+    "django.db.models.query.ModelIterable.__iter__": "notify/prepared.py",
+    "django.db.models.query.RelatedPopulator.populate": "notify/prepared.py",
+    "django.db.models.base.Model._save_table": "notify/insertion.py",
+    "django.db.models.base.Model._do_insert": "notify/insertion.py",
+    "django.db.models.sql.compiler.SQLInsertCompiler.prepare_value": (
+        "notify/insertion.py"
+    ),
+    "django.db.models.sql.compiler.SQLInsertCompiler.pre_save_val": (
+        "notify/insertion.py"
+    ),
 }
 
 # Fingerprints per Django feature release, as reviewed.
@@ -91,6 +102,13 @@ FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
         "django.middleware.csrf.CsrfViewMiddleware.process_response": "9fe1054c0f64b37f",
         "django.middleware.csrf.CsrfViewMiddleware.process_view": "cdbdabe04318fc2f",
         "django.utils.deprecation.MiddlewareMixin.__acall__": "adf8cbcaf9f11e45",
+        "django.db.models.sql.compiler.SQLCompiler.apply_converters": "c034ce3e5090aa2e",
+        "django.db.models.query.ModelIterable.__iter__": "c2a744b8c18e0b4a",
+        "django.db.models.query.RelatedPopulator.populate": "c939cb628b0376fe",
+        "django.db.models.base.Model._do_insert": "7fc7e9ecbfc33991",
+        "django.db.models.base.Model._save_table": "2a39268c21f5b8e6",
+        "django.db.models.sql.compiler.SQLInsertCompiler.prepare_value": "2e49a07e78afaae1",
+        "django.db.models.sql.compiler.SQLInsertCompiler.pre_save_val": "f9efbaa8ba5cb0c8",
     },
 }
 # Django 6.1, reviewed against 5.2: ASGIHandler.handle races the disconnect
@@ -100,8 +118,14 @@ FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
 # message); send_response's Set-Cookie encoding is the same bytes (ours in
 # _start_message); Signal.asend runs the sync receivers before the async ones
 # (ours hands the signal to Django's asend whenever there is an async
-# receiver); process_view changed a comment only.
+# receiver); process_view changed a comment only. Model instances from rows
+# gain a fetch mode (the default one tracks no peers, as ours do not); a save
+# returns the values of fields set to expressions (ours saves any such row
+# with save() itself).
 FINGERPRINTS[(6, 1)] = FINGERPRINTS[(5, 2)] | {
+    "django.db.models.query.ModelIterable.__iter__": "ecb74201bf2b1945",
+    "django.db.models.query.RelatedPopulator.populate": "18ad7db51aeccf14",
+    "django.db.models.base.Model._save_table": "67bc3b41cd9792ae",
     "django.core.handlers.asgi.ASGIHandler.handle": "c91f27c7fcdc3fff",
     "django.core.handlers.asgi.ASGIHandler.read_body": "88b4e284fc829700",
     "django.core.handlers.asgi.ASGIHandler.send_response": "d91e83d2c6859eda",
