@@ -9,8 +9,11 @@ skipping ids already sent, so nothing published meanwhile is lost or doubled.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,36 +44,93 @@ _EARLY = 0.01  # the loop may run a timer a clock tick before it is due
 
 
 class _Heartbeat:
-    """Queues a ping once the stream has been silent for ``seconds``.
+    """One stream's silence: a ping is due once it has been silent for
+    ``seconds`` (the stream sets ``last_output`` on each write)."""
 
-    One timer per stream, re-armed once per heartbeat, rather than a timeout
-    around every ``get()``: with thousands of open streams, arming and
-    cancelling a timer for each message (a push onto the loop's timer heap
-    and a cancelled handle left on it) costs about as much CPU as the rest of
-    the live path; see docs/PERFORMANCE.md. The ping travels through the
-    stream's own queue, so one generator still does all the writing.
-    """
+    __slots__ = ("sub", "seconds", "last_output", "due")
 
-    __slots__ = ("_loop", "_sub", "_seconds", "last_output", "_timer")
+    def __init__(self, sub: Subscription, seconds: float, now: float) -> None:
+        self.sub: Subscription | None = sub
+        self.seconds = seconds
+        self.last_output = now
+        self.due = now + seconds
 
-    def __init__(self, sub: Subscription, seconds: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._sub = sub
-        self._seconds = seconds
-        self.last_output = self._loop.time()  # the stream sets it on each write
-        self._timer = self._loop.call_at(self.last_output + seconds, self._due)
-
-    def _due(self) -> None:
-        now = self._loop.time()
-        if now >= self.last_output + self._seconds - _EARLY:
-            # A full queue already holds output; the ping would add nothing.
-            if not self._sub.full():
-                self._sub.deliver(_PING)
-            self.last_output = now
-        self._timer = self._loop.call_at(self.last_output + self._seconds, self._due)
+    def __lt__(self, other: _Heartbeat) -> bool:
+        return self.due < other.due
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self.sub = None  # dropped from the schedule when next due
+
+
+class _Heartbeats:
+    """Every stream's heartbeat in one event loop, on one timer.
+
+    A heap of heartbeats ordered by when each is next due, and one timer for
+    the earliest, rather than a timer per stream: with thousands of open
+    streams, a timer handle each (and its callback) was about half a KiB per
+    stream. A heartbeat is looked at once per ``seconds`` of silence, not per
+    message, and the ping travels through the stream's own queue, so one
+    generator still does all the writing.
+    """
+
+    __slots__ = ("_heap", "_timer", "_at")
+
+    def __init__(self) -> None:
+        self._heap: list[_Heartbeat] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def start(self, sub: Subscription, seconds: float) -> _Heartbeat:
+        now = asyncio.get_running_loop().time()
+        beat = _Heartbeat(sub, seconds, now)
+        heapq.heappush(self._heap, beat)
+        if beat.due < self._at:
+            self._arm()
+        return beat
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._heap:
+            self._at = math.inf
+            return
+        self._at = self._heap[0].due
+        self._timer = asyncio.get_running_loop().call_at(self._at, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        heap = self._heap
+        again = []
+        while heap and heap[0].due <= now + _EARLY:
+            beat = heapq.heappop(heap)
+            sub = beat.sub
+            if sub is None or sub.ended:
+                continue
+            if now >= beat.last_output + beat.seconds - _EARLY:
+                # A full queue already holds output; the ping would add nothing.
+                if not sub.full():
+                    sub.deliver(_PING)
+                beat.last_output = now
+            beat.due = beat.last_output + beat.seconds
+            again.append(beat)
+        for beat in again:
+            heapq.heappush(heap, beat)
+        self._arm()
+
+
+_heartbeats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Heartbeats] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _start_heartbeat(sub: Subscription, seconds: float) -> _Heartbeat:
+    loop = asyncio.get_running_loop()
+    beats = _heartbeats.get(loop)
+    if beats is None:
+        beats = _heartbeats[loop] = _Heartbeats()
+    return beats.start(sub, seconds)
 
 
 async def event_stream(
@@ -103,6 +163,7 @@ async def event_stream(
             beat = int(heartbeat) if heartbeat.is_integer() else heartbeat
             ready = {"last_id": opening.last_id, "heartbeat": beat}
             yield head + sse.event("ready", ready)
+            del head, ready  # held by the frame for as long as the stream
 
             after = opening.newest if opening.cursor is None else opening.cursor
             last_sent = after
@@ -117,7 +178,7 @@ async def event_stream(
                         break  # revoked meanwhile: say so now
             del opening, viewer  # the live loop needs only its subscription
 
-            keepalive = _Heartbeat(sub, heartbeat)
+            keepalive = _start_heartbeat(sub, heartbeat)
             loop = asyncio.get_running_loop()
             try:
                 while True:
