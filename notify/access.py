@@ -283,8 +283,9 @@ class Rechecker:
             sub.end(revoke_message(_user_of(sub), EVERY_CREDENTIAL, verdict.reason))
             metrics.REVOKED.inc()
             return
-        if verdict.channels != sub.channels:
-            if verdict.channels <= sub.channels:
+        channels = frozenset(sub.channels)
+        if verdict.channels != channels:
+            if verdict.channels <= channels:
                 self._broker.resubscribe(sub, verdict.channels)
             else:
                 sub.end(reconnect_message(newest))

@@ -93,12 +93,13 @@ class Subscription:
 
     def __init__(
         self,
-        channels: frozenset[str],
+        channels: Iterable[str],
         maxsize: int,
         owner: asyncio.Task[Any] | None = None,
         credential: int | str | None = None,
     ) -> None:
-        self.channels = channels
+        # A tuple, not a set: two or three names, held by every open stream.
+        self.channels: tuple[str, ...] = tuple(dict.fromkeys(channels))
         self.maxsize = maxsize
         self.owner = owner
         self.credential = credential  # see notify.access.credential_key
@@ -193,7 +194,9 @@ class Fanout:
         self.history = history
         self.batch = batch
         self.last_id = 0
-        self._by_channel: dict[str, set[Subscription]] = {}
+        # A channel's one subscription, or a set of them: most channels
+        # ("user:<pk>") have one, and a set for it was some 200 bytes per stream.
+        self._by_channel: dict[str, Subscription | set[Subscription]] = {}
         self._lock = asyncio.Lock()
         self.on_recheck: Recheck | None = None
         self.matches: Matches | None = None
@@ -206,24 +209,46 @@ class Fanout:
     def subscriptions(self) -> set[Subscription]:
         found: set[Subscription] = set()
         for subs in self._by_channel.values():
-            found |= subs
+            if isinstance(subs, Subscription):
+                found.add(subs)
+            else:
+                found |= subs
         return found
+
+    def _members(self, channel: str) -> Iterable[Subscription]:
+        subs = self._by_channel.get(channel)
+        if subs is None:
+            return ()
+        return (subs,) if isinstance(subs, Subscription) else subs
 
     def channels(self) -> set[str]:
         """Channels with at least one local subscription."""
         return set(self._by_channel)
 
     def add(self, sub: Subscription) -> None:
+        by_channel = self._by_channel
         for channel in sub.channels:
-            self._by_channel.setdefault(channel, set()).add(sub)
+            subs = by_channel.get(channel)
+            if subs is None:
+                by_channel[channel] = sub
+            elif isinstance(subs, Subscription):
+                if subs is not sub:
+                    by_channel[channel] = {subs, sub}
+            else:
+                subs.add(sub)
 
     def remove(self, sub: Subscription) -> None:
+        by_channel = self._by_channel
         for channel in sub.channels:
-            subs = self._by_channel.get(channel)
-            if subs is not None:
+            subs = by_channel.get(channel)
+            if subs is sub:
+                del by_channel[channel]
+            elif isinstance(subs, set):
                 subs.discard(sub)
-                if not subs:
-                    del self._by_channel[channel]
+                if len(subs) == 1:
+                    by_channel[channel] = next(iter(subs))
+                elif not subs:
+                    del by_channel[channel]
 
     async def start(self) -> None:
         if self.history is not None:
@@ -273,12 +298,12 @@ class Fanout:
         (the API, health checks) for longer than one slice takes."""
         if len(message.channels) == 1:
             targets: tuple[Subscription, ...] = tuple(
-                self._by_channel.get(message.channels[0], ())
+                self._members(message.channels[0])
             )
         else:
             found: set[Subscription] = set()
             for channel in message.channels:
-                found.update(self._by_channel.get(channel, ()))
+                found.update(self._members(channel))
             targets = tuple(found)
         if message.control is not None:
             self._control(message, targets)
@@ -398,14 +423,13 @@ class Broker:
         ``credential`` is what access re-checks look at (see notify.access).
         """
         return Subscribing(
-            self,
-            Subscription(frozenset(channels), self.queue_size, owner, credential),
+            self, Subscription(channels, self.queue_size, owner, credential)
         )
 
-    def resubscribe(self, sub: Subscription, channels: frozenset[str]) -> None:
+    def resubscribe(self, sub: Subscription, channels: Iterable[str]) -> None:
         """Route ``channels`` to ``sub`` from now on instead of its own."""
         self.fanout.remove(sub)
-        sub.channels = channels
+        sub.channels = tuple(dict.fromkeys(channels))
         self.fanout.add(sub)
 
     async def acquire_slot(self, user_id: int, cap: int) -> bool:
