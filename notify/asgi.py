@@ -25,8 +25,10 @@ streamed part is sent as it is unless it is larger than ``chunk_size``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import io
+import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -53,6 +55,8 @@ from notify.bodylimit import (
 from notify.broker import is_serving, serving
 from notify.pruning import start_pruner
 from notify.workers import WorkerPool
+
+logger = logging.getLogger(__name__)
 
 
 class _DisconnectWatcher:
@@ -285,9 +289,21 @@ class ThreadPoolASGIHandler(ASGIHandler):
             watcher.stop()
         if response is None:
             await signals.request_finished.asend(sender=self.__class__)
-        else:
+        elif response.streaming:
             await sync_to_async(response.close)()
+        else:
+            # Sent already: nothing waits for its close (request_finished,
+            # which closes stale database connections) but the request's
+            # thread, which runs it next, in this context; the event loop is
+            # spared the wake-up of a round trip.
+            closing = executor.submit(contextvars.copy_context().run, response.close)
+            closing.add_done_callback(_log_close_failure)
         body_file.close()
+
+
+def _log_close_failure(closing: Future[Any]) -> None:
+    if not closing.cancelled() and (exc := closing.exception()) is not None:
+        logger.error("closing a response failed", exc_info=exc)
 
 
 def _start_message(response: HttpResponseBase) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -198,11 +199,53 @@ async def test_with_an_async_request_started_receiver_django_sends_the_signal():
     assert len(seen) == 1 and seen[0].startswith("notify-sync-")
 
 
+async def _until(condition: Any) -> None:
+    """Wait (at most ``WAIT`` s) for what a worker thread does."""
+
+    def poll() -> None:
+        deadline = time.monotonic() + WAIT
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+
+    await asyncio.to_thread(poll)
+
+
 @pytest.mark.django_db
 async def test_request_started_receivers_run_for_a_request_without_sync_work():
     """A view that never leaves the event loop: the deferred receivers still
-    run, when the response is closed."""
+    run, when the response is closed (on the request's thread, after the
+    response was sent)."""
     with _threads_running_request_started() as seen:
         status = await _get_missing_page()
+        await _until(lambda: seen)
     assert status == 404
     assert len(seen) == 1 and seen[0].startswith("notify-sync-")
+
+
+async def test_request_finished_runs_on_the_requests_thread_after_the_response(
+    tokens,
+):
+    """A response's close (``request_finished``: stale database connections
+    closed) runs on the thread that served the request."""
+    seen: list[str] = []
+
+    def receiver(**kwargs: Any) -> None:
+        seen.append(threading.current_thread().name)
+
+    signals.request_started.connect(receiver, dispatch_uid="test-started-2")
+    signals.request_finished.connect(receiver, dispatch_uid="test-finished")
+    try:
+        communicator = ApplicationCommunicator(
+            application, http_scope("GET", "/api/notifications", tokens["bob"])
+        )
+        await communicator.send_input({"type": "http.request", "body": b""})
+        status, _ = await _response(communicator)
+        await communicator.wait(timeout=WAIT)
+        await _until(lambda: len(seen) == 2)
+    finally:
+        signals.request_started.disconnect(dispatch_uid="test-started-2")
+        signals.request_finished.disconnect(dispatch_uid="test-finished")
+    assert status == 200
+    started_on, finished_on = seen
+    assert finished_on == started_on and finished_on.startswith("notify-sync-")
