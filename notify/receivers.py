@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_init, post_save
 from django.utils import timezone
 
+from notify import active_users
 from notify.access import (
     EVERY_CREDENTIAL,
     LOGGED_OUT,
@@ -120,6 +121,8 @@ def _user_saved(
 ) -> None:
     before = instance.__dict__.get(_LOADED)
     now = instance.__dict__[_LOADED] = _access(instance)
+    if created or before is None or before[1] != now[1]:
+        _active_changed()
     if created or raw or before == now:
         return  # nobody streams yet, a fixture, or nothing that matters changed
     if not getattr(instance, "is_active", True):
@@ -129,7 +132,15 @@ def _user_saved(
         _announce(recheck_message([instance.pk]))
 
 
+def _active_changed() -> None:
+    """Users were created, deleted, activated or deactivated: the kept count
+    is stale now, and again once the change commits."""
+    active_users.forget()
+    transaction.on_commit(active_users.forget)
+
+
 def _user_deleted(sender: Any, instance: Any, **_: Any) -> None:
+    _active_changed()
     _announce(revoke_message(instance.pk, EVERY_CREDENTIAL, USER_INACTIVE))
 
 
