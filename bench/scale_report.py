@@ -283,10 +283,12 @@ def render(out: R, raw: Path) -> str:
             for r in rate["rungs"]
         )
         capped = ", the top of a quick run's ladder" if st.get("quick") else ""
+        best = rate["sustained_per_s"]
+        sustained = "none of the rungs" if best is None else f"{best:g}/s"
         lines += [
             "",
             f"Highest broadcast rate sustained at {steps[-1]['open']['streams']:,} "
-            f"streams: **{_f(rate['sustained_per_s'])}/s**{capped}. Rungs: {rungs}.",
+            f"streams: **{sustained}**{capped}. Rungs: {rungs}.",
         ]
     lines += _storm_rows(out.get("storms", {}))
     return "\n".join(lines)
