@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 
@@ -53,6 +54,11 @@ class EventStreamResponse(StreamingHttpResponse):
     def __aiter__(self) -> AsyncIterator[bytes]:
         request, self._request = self._request, None
         if request is not None:
+            # Its body is read; closing it now rather than with the response
+            # spares the stream the request object and the bound close().
+            request.close()
+            with contextlib.suppress(ValueError):
+                self._resource_closers.remove(request.close)
             vars(request).clear()
         body = self._body
         # Of its own state the response keeps what close() uses, nothing more.
