@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -57,8 +58,9 @@ class EventStreamResponse(StreamingHttpResponse):
             # Its body is read; closing it now rather than with the response
             # spares the stream the request object and the bound close().
             request.close()
+            closers: list[Any] = self._resource_closers  # type: ignore[attr-defined]
             with contextlib.suppress(ValueError):
-                self._resource_closers.remove(request.close)
+                closers.remove(request.close)
             vars(request).clear()
         body = self._body
         # Of its own state the response keeps what close() uses, nothing more.
