@@ -90,7 +90,9 @@ PROBE_NICE = -10
 
 
 class Prober:
-    """Health check, inbox, a page and a static file, once per ``interval``.
+    """Health check, inbox, a page and a static file, once per ``interval``;
+    the first round is not timed (a fresh worker's first page compiles its
+    template), but its errors count.
 
     The probes stand for clients on other machines, so they run on a thread
     of their own with an event loop of its own, at ``PROBE_NICE`` when the
@@ -124,13 +126,16 @@ class Prober:
             self.raised = True
         except PermissionError:
             pass
+        timed = False  # the first round warms each path up (templates, URLs)
         while not stopping.is_set():
             for name, path in PROBES.items():
                 token = self.token if name == "inbox" else None
                 reply = await request(self.port, "GET", path, token=token, within=10)
-                self.seconds[name].append(reply.seconds)
+                if timed:
+                    self.seconds[name].append(reply.seconds)
                 if reply.status != 200:
                     self.errors[name] += 1
+            timed = True
             await asyncio.to_thread(stopping.wait, self.interval)
 
     def result(self) -> dict[str, Any]:
