@@ -35,7 +35,12 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 import django
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import (
+    AsyncToSync,
+    SyncToAsync,
+    ThreadSensitiveContext,
+    sync_to_async,
+)
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
@@ -119,6 +124,31 @@ class _DisconnectWatcher:
         step, self._step = self._step, None
         if step is not None:
             step.close()
+
+
+class _RequestContext(ThreadSensitiveContext):
+    """``ThreadSensitiveContext(executor=...)``, entered without setting
+    ``AsyncToSync.executors.current`` to None when it is unset already, as it
+    is in every request uvicorn starts (asgiref reads it with ``getattr(...,
+    None)``, so unset and None are the same). Each write to asgiref's
+    ``Local`` copies its storage into the request's context: about 0.3 KiB
+    that a stream keeps for hours. ``tests/test_canary.py`` guards the
+    asgiref code this mirrors."""
+
+    async def __aenter__(self) -> _RequestContext:
+        executor = self._executor
+        if executor is None or getattr(AsyncToSync.executors, "current", None):
+            await super().__aenter__()  # type: ignore[no-untyped-call]
+            return self
+        if self.token is not None:
+            raise RuntimeError("ThreadSensitiveContext is already entered")
+        if self._exited:
+            raise RuntimeError(
+                "ThreadSensitiveContext with an executor cannot be entered again"
+            )
+        self.token = SyncToAsync.thread_sensitive_context.set(self)
+        SyncToAsync.context_to_thread_executor[self] = executor
+        return self
 
 
 class _RequestExecutor(Executor):
@@ -206,7 +236,7 @@ class ThreadPoolASGIHandler(ASGIHandler):
             serving()
             start_pruner()
         executor = _RequestExecutor(self.workers.pick)
-        async with ThreadSensitiveContext(executor=executor):
+        async with _RequestContext(executor=executor):
             await self.handle(scope, receive, send, executor)
 
     async def get_response_async(self, request: Any) -> Any:

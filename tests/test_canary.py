@@ -5,7 +5,8 @@
 says what each saves). If the installed Django's version of that piece
 changes, the copy may silently diverge, so each one's source is fingerprinted
 here. A failure means: read the new Django source, bring the notify module in
-line with it, then record the new fingerprint for that Django version.
+line with it, then record the new fingerprint for that Django version. The
+asgiref code ``notify/asgi.py`` mirrors is fingerprinted by asgiref release.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import inspect
 from typing import Any
 
+import asgiref
 import django
 import pytest
 from django.utils.module_loading import import_string
@@ -159,4 +161,33 @@ def test_the_mirrored_django_code_is_unchanged(path):
     assert fingerprint(path) == known.get(path), (
         f"{path} changed in Django {django.__version__}: review "
         f"{MIRRORED_BY[path]} against it, then record {fingerprint(path)!r}"
+    )
+
+
+# asgiref code that notify/asgi.py mirrors (_RequestContext enters a
+# ThreadSensitiveContext as asgiref does, less one write; its exit is
+# asgiref's), by asgiref release.
+ASGIREF_MIRRORED_BY = {
+    "asgiref.sync.ThreadSensitiveContext.__aenter__": "notify/asgi.py",
+    "asgiref.sync.ThreadSensitiveContext.__aexit__": "notify/asgi.py",
+}
+ASGIREF_FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
+    (3, 13): {
+        "asgiref.sync.ThreadSensitiveContext.__aenter__": "b0355bf6b275a7c2",
+        "asgiref.sync.ThreadSensitiveContext.__aexit__": "5571fec562fa6e84",
+    },
+}
+
+
+@pytest.mark.parametrize("path", sorted(ASGIREF_MIRRORED_BY))
+def test_the_mirrored_asgiref_code_is_unchanged(path):
+    major, minor = (int(part) for part in asgiref.__version__.split(".")[:2])
+    known = ASGIREF_FINGERPRINTS.get((major, minor))
+    assert known is not None, (
+        f"asgiref {asgiref.__version__} has not been reviewed: compare "
+        f"{ASGIREF_MIRRORED_BY[path]} with it, then add its fingerprints here"
+    )
+    assert fingerprint(path) == known.get(path), (
+        f"{path} changed in asgiref {asgiref.__version__}: review "
+        f"{ASGIREF_MIRRORED_BY[path]} against it, then record {fingerprint(path)!r}"
     )
