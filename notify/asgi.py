@@ -86,9 +86,11 @@ class _DisconnectWatcher:
         self._receive = receive
         self._step: Coroutine[Any, Any, Any] | None = None
         # The first step on the loop's next turn, as a new task's would be.
-        asyncio.get_running_loop().call_soon(self._advance)
+        asyncio.get_running_loop().call_soon(self)
 
-    def _advance(self, _: object = None) -> None:
+    def __call__(self, _: object = None) -> None:
+        """One step of ``receive()`` (itself the callback: no bound method
+        is kept per open stream)."""
         while not self._stopped:
             step = self._step
             if step is None:
@@ -113,10 +115,10 @@ class _DisconnectWatcher:
                 return
             add_done_callback = getattr(waiting, "add_done_callback", None)
             if add_done_callback is None:
-                asyncio.get_running_loop().call_soon(self._advance)
+                asyncio.get_running_loop().call_soon(self)
             else:
                 waiting._asyncio_future_blocking = False
-                add_done_callback(self._advance)
+                add_done_callback(self)
             return
 
     def stop(self) -> None:

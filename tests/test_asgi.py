@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.core import signals
 
+from notify.asgi import _DisconnectWatcher
 from notify.broker import get_broker
 from notify.models import Notification
 from project.asgi import application
@@ -249,3 +250,49 @@ async def test_request_finished_runs_on_the_requests_thread_after_the_response(
     assert status == 200
     started_on, finished_on = seen
     assert finished_on == started_on and finished_on.startswith("notify-sync-")
+
+
+async def test_the_disconnect_watcher_cancels_its_task_when_the_client_leaves():
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)  # a bare yield is stepped on the next turn
+        return await messages.get()
+
+    target = asyncio.create_task(asyncio.sleep(10))
+    watcher = _DisconnectWatcher(receive, target)
+    messages.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+    await asyncio.sleep(0.01)
+    assert not target.done()
+    messages.put_nowait({"type": "http.disconnect"})
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(target, 1)
+    assert watcher.fired
+    watcher.stop()
+
+
+async def test_a_stopped_disconnect_watcher_stops_waiting_and_cancels_nothing():
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    target = asyncio.create_task(asyncio.sleep(10))
+    watcher = _DisconnectWatcher(messages.get, target)
+    await asyncio.sleep(0.01)
+    assert len(messages._getters) == 1  # type: ignore[attr-defined]
+    watcher.stop()
+    assert not messages._getters  # type: ignore[attr-defined]
+    messages.put_nowait({"type": "http.disconnect"})
+    await asyncio.sleep(0.01)
+    assert not watcher.fired and not target.done()
+    target.cancel()
+
+
+async def test_a_failing_receive_is_logged_and_cancels_nothing(caplog):
+    async def receive() -> dict[str, Any]:
+        raise OSError("gone")
+
+    target = asyncio.create_task(asyncio.sleep(10))
+    watcher = _DisconnectWatcher(receive, target)
+    await asyncio.sleep(0.01)
+    assert "waiting for the client to leave failed" in caplog.text
+    assert not watcher.fired and not target.done()
+    watcher.stop()
+    target.cancel()
