@@ -223,7 +223,11 @@ def _printed(out: str) -> tuple[dict[str, str], str, str]:
     return passwords, stream.group(1), publish.group(1)
 
 
-async def test_demo_is_idempotent_and_prints_working_credentials(transactional_db):
+async def test_demo_is_idempotent_and_prints_working_credentials(
+    transactional_db, fast_password_hashing
+):
+    # The demo's six passwords and the twelve checks of them, hashed with
+    # PBKDF2's million rounds, took most of this test's 5 to 16 seconds.
     first, _ = await sync_to_async(run)("notify_demo")
     second, _ = await sync_to_async(run)("notify_demo", "--url", "http://demo.test/")
     old_passwords, old_stream, old_publish = _printed(first)
