@@ -18,9 +18,8 @@ and wraps every streamed part in a chunking generator and a new message. Held
 for hours by thousands of open streams, that is about a sixth of a stream's
 memory and a third of the CPU of a broadcast (docs/PERFORMANCE.md). Here the request
 runs in the connection's own task, the same middleware, view and response as
-ever, watched by a callback that steps ``receive()`` (no task of its own) and
-cancels it when the client leaves; a streamed part is sent as it is unless it
-is larger than ``chunk_size``.
+ever, watched by one small task that cancels it when the client leaves; a
+streamed part is sent as it is unless it is larger than ``chunk_size``.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import contextvars
 import gc
 import io
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
@@ -68,64 +67,35 @@ logger = logging.getLogger(__name__)
 class _DisconnectWatcher:
     """Cancels ``task`` when the client disconnects, until stopped.
 
-    Not a task of its own: ``receive()`` is stepped here, from the callback
-    of the future it waits on, as a task would step it. A task (with its
-    context and its entry in asyncio's set of tasks) and a coroutine around
-    ``receive()`` were about half a KiB of every open stream's memory.
-    ``receive()`` waits on futures (uvicorn: an ``asyncio.Event``; asgiref's
-    ``ApplicationCommunicator``: an ``asyncio.Queue``); a bare ``yield`` is
-    stepped again on the next turn of the loop.
+    A small task of its own, as ``receive()`` may need one: an ASGI server
+    may hand back any awaitable, and what wraps ``receive()`` (tracing,
+    timeouts) may keep context variables or use ``asyncio.current_task()``
+    across its awaits.
     """
 
-    __slots__ = ("fired", "_stopped", "_target", "_receive", "_step")
+    __slots__ = ("fired", "_stopped", "_target", "_task")
 
     def __init__(self, receive: Any, task: asyncio.Task[Any]) -> None:
         self.fired = False
         self._stopped = False
         self._target = task
-        self._receive = receive
-        self._step: Coroutine[Any, Any, Any] | None = None
-        # The first step on the loop's next turn, as a new task's would be.
-        asyncio.get_running_loop().call_soon(self)
+        self._task = asyncio.create_task(self._watch(receive))
 
-    def __call__(self, _: object = None) -> None:
-        """One step of ``receive()`` (itself the callback: no bound method
-        is kept per open stream)."""
-        while not self._stopped:
-            step = self._step
-            if step is None:
-                step = self._step = self._receive()
-            try:
-                waiting = step.send(None)
-            except StopIteration as done:
-                self._step = None
-                # The request body has been read: all that can come now is
-                # the end.
-                if done.value["type"] == "http.disconnect":
-                    self.fired = True
-                    self._target.cancel()
-                    return
-                continue
-            except asyncio.CancelledError:
-                self._step = None
-                return
-            except Exception:
-                self._step = None
-                logger.exception("waiting for the client to leave failed")
-                return
-            add_done_callback = getattr(waiting, "add_done_callback", None)
-            if add_done_callback is None:
-                asyncio.get_running_loop().call_soon(self)
-            else:
-                waiting._asyncio_future_blocking = False
-                add_done_callback(self)
+    async def _watch(self, receive: Any) -> None:
+        try:
+            # The request body has been read: all that can come now is the end.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:
+            logger.exception("waiting for the client to leave failed")
             return
+        if not self._stopped:
+            self.fired = True
+            self._target.cancel()
 
     def stop(self) -> None:
         self._stopped = True
-        step, self._step = self._step, None
-        if step is not None:
-            step.close()
+        self._task.cancel()
 
 
 class _RequestContext(ThreadSensitiveContext):

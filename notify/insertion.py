@@ -43,16 +43,33 @@ class PreparedInsert:
             raise TypeError(f"{model.__name__} needs an automatic primary key")
         self._model = model
         self._using = using
-        self._fields = [f for f in meta.local_concrete_fields if f is not meta.pk]
+        self._fields = [
+            f
+            for f in meta.local_concrete_fields
+            if f is not meta.pk and not getattr(f, "generated", False)
+        ]
+        if any(
+            getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+            for f in self._fields
+        ):
+            # pre_save() gives a new time at each call: the first row's
+            # parameters could not be checked against the compiler's.
+            raise TypeError(f"{model.__name__} has auto_now fields: use save()")
         self._compiled: dict[str, _Compiled] = {}
 
     def insert(self, obj: Model) -> None:
         """Insert ``obj`` (in the caller's transaction, if any) and set its
         primary key, as ``obj.save(force_insert=True)`` would."""
         model = self._model
-        if pre_save.has_listeners(model) or post_save.has_listeners(model):
+        if (
+            obj.pk is not None  # the caller's own key: save() inserts it
+            or pre_save.has_listeners(model)
+            or post_save.has_listeners(model)
+        ):
             obj.save(force_insert=True, using=self._using)
             return
+        # As save() does: an unsaved related object is an error, not a NULL.
+        obj._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
         connection = connections[self._using]
         values = [field.pre_save(obj, True) for field in self._fields]
         if any(hasattr(value, "resolve_expression") for value in values):

@@ -82,6 +82,8 @@ def _parts(compiler: Any) -> list[_Part]:
         attnames = [col.target.attname for col, _, _ in compiler.select[start:end]]
         pk = attnames.index(part["model"]._meta.pk.attname)
         parts.append(_Part(part["model"], start, end, attnames, pk, field))
+    if sum(part.end - part.start for part in parts) != len(compiler.select):
+        raise ValueError("annotated columns are not supported")
     return parts
 
 

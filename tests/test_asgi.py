@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import threading
 import time
@@ -256,7 +257,7 @@ async def test_the_disconnect_watcher_cancels_its_task_when_the_client_leaves():
     messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     async def receive() -> dict[str, Any]:
-        await asyncio.sleep(0)  # a bare yield is stepped on the next turn
+        await asyncio.sleep(0)
         return await messages.get()
 
     target = asyncio.create_task(asyncio.sleep(10))
@@ -278,6 +279,7 @@ async def test_a_stopped_disconnect_watcher_stops_waiting_and_cancels_nothing():
     await asyncio.sleep(0.01)
     assert len(messages._getters) == 1  # type: ignore[attr-defined]
     watcher.stop()
+    await asyncio.sleep(0.01)
     assert not messages._getters  # type: ignore[attr-defined]
     messages.put_nowait({"type": "http.disconnect"})
     await asyncio.sleep(0.01)
@@ -296,3 +298,48 @@ async def test_a_failing_receive_is_logged_and_cancels_nothing(caplog):
     assert not watcher.fired and not target.done()
     watcher.stop()
     target.cancel()
+
+
+_TRACE: contextvars.ContextVar[str] = contextvars.ContextVar("trace")
+
+
+def _receivers(messages: asyncio.Queue[dict[str, Any]]) -> dict[str, Any]:
+    """``receive`` callables as servers and wrappers other than uvicorn's
+    shape them."""
+
+    def a_future() -> asyncio.Future[dict[str, Any]]:
+        # A server whose receive() is not a coroutine function.
+        return asyncio.ensure_future(messages.get())
+
+    async def keeps_a_context_variable() -> dict[str, Any]:
+        # A tracing wrapper: set before the await, reset after it.
+        token = _TRACE.set("span")
+        try:
+            return await messages.get()
+        finally:
+            _TRACE.reset(token)
+
+    async def with_a_timeout() -> dict[str, Any]:
+        async with asyncio.timeout(30):  # needs asyncio.current_task()
+            return await messages.get()
+
+    return {
+        "future": a_future,
+        "context variable": keeps_a_context_variable,
+        "timeout": with_a_timeout,
+    }
+
+
+@pytest.mark.parametrize("kind", ["future", "context variable", "timeout"])
+async def test_the_disconnect_watcher_works_with_any_receive(kind, caplog):
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    target = asyncio.create_task(asyncio.sleep(10))
+    watcher = _DisconnectWatcher(_receivers(messages)[kind], target)
+    messages.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+    await asyncio.sleep(0.01)
+    messages.put_nowait({"type": "http.disconnect"})
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(target, 1)
+    assert watcher.fired
+    assert "failed" not in caplog.text
+    watcher.stop()

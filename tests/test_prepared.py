@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.db import models
 from django.db.models import Value
 from django.db.models.signals import post_save, pre_save
+from django.test.utils import isolate_apps
 
 from notify.insertion import PreparedInsert
 from notify.models import APIToken, Notification
@@ -73,6 +75,12 @@ def test_instances_give_none_for_a_missing_nullable_relation():
     )
     (got,) = query.instances(n.pk)
     assert got.sender is None and got.sender_id is None
+
+
+def test_instances_refuse_annotations_they_would_drop():
+    query = Prepared(lambda pk: Group.objects.filter(pk=pk).annotate(n=Value(1)), [int])
+    with pytest.raises(ValueError, match="annotated"):
+        query.instances(1)
 
 
 def test_instances_refuse_a_query_of_values():
@@ -141,3 +149,28 @@ def test_a_field_set_to_an_expression_is_saved_by_save():
     n = _notification(recipients=Value(2) + Value(3))
     PreparedInsert(Notification).insert(n)
     assert Notification.objects.get(pk=n.pk).recipients == 5
+
+
+def test_an_unsaved_sender_is_refused_as_save_refuses_it():
+    n = _notification(sender=User(username="nobody"))
+    with pytest.raises(ValueError, match="unsaved related object"):
+        PreparedInsert(Notification).insert(n)
+    assert not Notification.objects.exists()
+
+
+def test_a_primary_key_given_by_the_caller_is_kept():
+    n = _notification(id=424242)
+    PreparedInsert(Notification).insert(n)
+    assert n.pk == 424242 and Notification.objects.filter(pk=424242).exists()
+
+
+@isolate_apps("notify")
+def test_a_model_with_auto_now_fields_is_refused():
+    class Stamped(models.Model):
+        changed = models.DateTimeField(auto_now=True)
+
+        class Meta:
+            app_label = "notify"
+
+    with pytest.raises(TypeError, match="auto_now"):
+        PreparedInsert(Stamped)
