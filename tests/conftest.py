@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,59 @@ def pytest_configure(config: pytest.Config) -> None:
     # so the session's fixtures stop the servers and the database they started.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
+    config.addinivalue_line(
+        "markers",
+        "timing: asserts how long something takes; where NOTIFY_TEST_LOCK is "
+        "set (.ci/run's concurrent runs), runs while the other runs wait",
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+# Test runs going at the same time (.ci/run) share NOTIFY_TEST_LOCK, a lock
+# file: every test holds it shared, from its set-up to its teardown, and a test
+# marked `timing` holds it alone, so no other run's test loads the CPU while it
+# measures. Its companion file ".gate" lets a timing test in ahead of the
+# shared holders queued after it. Every wait is bounded: past LOCK_WAIT
+# seconds a test goes ahead without the lock.
+LOCK_WAIT = 180.0
+
+
+def _flock(file: Any, operation: int, deadline: float) -> bool:
+    while True:
+        try:
+            fcntl.flock(file, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _run_lock(path: str, alone: bool) -> Iterator[None]:
+    deadline = time.monotonic() + LOCK_WAIT
+    with open(path + ".gate", "a") as gate, open(path, "a") as lock:
+        gated = _flock(gate, fcntl.LOCK_EX, deadline)
+        try:
+            _flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH, deadline)
+        finally:
+            if gated and not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # closing the files releases what is still held
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    path = os.environ.get("NOTIFY_TEST_LOCK")
+    if not path:
+        return (yield)
+    with _run_lock(path, alone=item.get_closest_marker("timing") is not None):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -402,6 +402,7 @@ def test_saving_a_user_announces_only_changes_that_matter(users, redis_url, serv
     ]
 
 
+@pytest.mark.timing
 def test_an_unreachable_redis_holds_a_save_up_for_two_seconds_at_most(
     users, server_env
 ):

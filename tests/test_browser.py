@@ -237,6 +237,7 @@ def note(page: Page, notification_id: int) -> Locator:
     return page.locator(f'#notes .note[data-id="{notification_id}"]')
 
 
+@pytest.mark.timing
 async def test_published_notification_shows_in_inbox_and_as_toast_within_a_second(
     browsing, stack, artifacts
 ):

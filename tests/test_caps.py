@@ -7,6 +7,7 @@ import signal
 import time
 
 import httpx
+import pytest
 
 from tests.support.servers import auth, slot_counts
 from tests.test_access import Stream
@@ -71,6 +72,7 @@ async def test_the_cap_counts_streams_and_polls_across_processes(
         await stream.close()
 
 
+@pytest.mark.timing
 async def test_a_killed_process_frees_its_slots(start_server, redis_url, tokens):
     one = start_server("one", REDIS_URL=redis_url, NOTIFY_MAX_STREAMS_PER_USER=CAP)
     two = start_server("two", REDIS_URL=redis_url, NOTIFY_MAX_STREAMS_PER_USER=CAP)

@@ -22,6 +22,8 @@ from notify.publishing import _ADVISORY_LOCK
 from tests.support.locks import PUBLISHERS, hold_lock, release
 from tests.support.servers import ROOT, auth
 
+pytestmark = pytest.mark.timing
+
 READS = 8
 HOLD_SECONDS = 6.0
 LOCK_TIMEOUT = "3"

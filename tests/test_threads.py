@@ -75,6 +75,7 @@ class Holder:
             raise errors[0]
 
 
+@pytest.mark.timing
 async def test_open_streams_hold_no_thread_and_no_database_connection(
     start_server, tokens, database_connections
 ):

@@ -125,6 +125,7 @@ async def test_a_stream_opened_with_a_token_on_a_real_server_records_it(
             await asyncio.sleep(0.1)
 
 
+@pytest.mark.timing
 def test_a_token_authenticates_without_waiting_for_the_write_lock(
     alice, test_database_url
 ):
