@@ -24,8 +24,8 @@ from django.db import connection
 KEEP_SECONDS = 1.0
 
 _lock = threading.Lock()
-_generation = 0  # bumped by every forget()
-_kept: tuple[int, float, int] | None = None  # (count, when, generation)
+_generation = 0  # bumped by every forget(), which also drops what is kept
+_kept: tuple[int, float] | None = None  # (count, when)
 
 
 def count(*, in_transaction: bool) -> int:
@@ -35,7 +35,7 @@ def count(*, in_transaction: bool) -> int:
         return _count()
     kept = _kept
     now = time.monotonic()
-    if kept is not None and kept[2] == _generation and now - kept[1] < KEEP_SECONDS:
+    if kept is not None and now - kept[1] < KEEP_SECONDS:
         return kept[0]
     generation = _generation
     found = _count()
@@ -56,7 +56,7 @@ def _keep(found: int, at: float, generation: int) -> None:
     with _lock:
         # A count that raced with a change is not kept.
         if generation == _generation:
-            _kept = (found, at, generation)
+            _kept = (found, at)
 
 
 def _count() -> int:

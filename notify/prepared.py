@@ -129,46 +129,50 @@ class Prepared:
         missing = set(range(len(markers))) - {arg for _, arg in slots}
         if missing:
             raise ValueError(f"arguments {sorted(missing)} do not reach the SQL")
-        expressions = [col for col, _, _ in compiler.select]
-        converters = compiler.get_converters(expressions)
+        parts: list[_Part] = []
+        converters: dict[int, tuple[list[Any], Any]] = {}
+        if queryset._iterable_class is ModelIterable:  # rows() needs neither
+            parts = _parts(compiler)
+            converters = compiler.get_converters([col for col, _, _ in compiler.select])
         compiled = _Compiled(
             sql,
             list(params),
             slots,
-            _parts(compiler) if queryset._iterable_class is ModelIterable else [],
+            parts,
             [(i, funcs, expr) for i, (funcs, expr) in sorted(converters.items())],
         )
         self._compiled[connection.vendor] = compiled
         return compiled
 
-    def _sql(self, args: tuple[Any, ...]) -> tuple[_Compiled, list[Any]]:
+    def _prepared(self) -> _Compiled:
+        vendor = connections[self._using].vendor
+        return self._compiled.get(vendor) or self._compile()
+
+    def _run(self, compiled: _Compiled, args: tuple[Any, ...]) -> list[Any]:
+        """Run ``compiled`` with ``args`` in place of the markers."""
         connection = connections[self._using]
-        compiled = self._compiled.get(connection.vendor) or self._compile()
         adapt = connection.ops.adapt_datetimefield_value
         params = list(compiled.params)
         for position, arg in compiled.slots:
             value = args[arg]
             params[position] = adapt(value) if isinstance(value, datetime) else value
-        return compiled, params
+        with connection.cursor() as cursor:
+            cursor.execute(compiled.sql, params)
+            return list(cursor.fetchall())
 
     def rows(self, *args: Any) -> list[tuple[Any, ...]]:
         """Run the query with ``args``; the rows as the database returns them."""
-        compiled, params = self._sql(args)
-        with connections[self._using].cursor() as cursor:
-            cursor.execute(compiled.sql, params)
-            return list(cursor.fetchall())
+        return self._run(self._prepared(), args)
 
     def instances(self, *args: Any) -> list[Any]:
         """Run a query of model rows (with ``select_related`` models one
         level deep); model instances, every field converted as the ORM
         converts it."""
-        compiled, params = self._sql(args)
-        connection = connections[self._using]
-        with connection.cursor() as cursor:
-            cursor.execute(compiled.sql, params)
-            rows = cursor.fetchall()
+        compiled = self._prepared()
         if not compiled.parts:
             raise TypeError("instances() needs a query of model rows")
+        rows = self._run(compiled, args)
+        connection = connections[self._using]
         main, *related = compiled.parts
         found = []
         for row in rows:

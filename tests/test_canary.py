@@ -150,18 +150,29 @@ def fingerprint(path: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-@pytest.mark.parametrize("path", sorted(MIRRORED_BY))
-def test_the_mirrored_django_code_is_unchanged(path):
-    release = django.VERSION[:2]
-    known = FINGERPRINTS.get(release)
+def _assert_reviewed(
+    path: str,
+    library: str,
+    version: str,
+    known: dict[str, str] | None,
+    mirrored_by: dict[str, str],
+) -> None:
+    """``path``'s source is the one reviewed for this release of ``library``
+    (``known``: its fingerprints, None when the release was never reviewed)."""
     assert known is not None, (
-        f"Django {django.__version__} has not been reviewed: compare "
-        f"{MIRRORED_BY[path]} with it, then add its fingerprints here"
+        f"{library} {version} has not been reviewed: compare "
+        f"{mirrored_by[path]} with it, then add its fingerprints here"
     )
     assert fingerprint(path) == known.get(path), (
-        f"{path} changed in Django {django.__version__}: review "
-        f"{MIRRORED_BY[path]} against it, then record {fingerprint(path)!r}"
+        f"{path} changed in {library} {version}: review "
+        f"{mirrored_by[path]} against it, then record {fingerprint(path)!r}"
     )
+
+
+@pytest.mark.parametrize("path", sorted(MIRRORED_BY))
+def test_the_mirrored_django_code_is_unchanged(path):
+    known = FINGERPRINTS.get(django.VERSION[:2])
+    _assert_reviewed(path, "Django", django.__version__, known, MIRRORED_BY)
 
 
 # asgiref code that notify/asgi.py mirrors (_RequestContext enters a
@@ -183,11 +194,4 @@ ASGIREF_FINGERPRINTS: dict[tuple[int, int], dict[str, str]] = {
 def test_the_mirrored_asgiref_code_is_unchanged(path):
     major, minor = (int(part) for part in asgiref.__version__.split(".")[:2])
     known = ASGIREF_FINGERPRINTS.get((major, minor))
-    assert known is not None, (
-        f"asgiref {asgiref.__version__} has not been reviewed: compare "
-        f"{ASGIREF_MIRRORED_BY[path]} with it, then add its fingerprints here"
-    )
-    assert fingerprint(path) == known.get(path), (
-        f"{path} changed in asgiref {asgiref.__version__}: review "
-        f"{ASGIREF_MIRRORED_BY[path]} against it, then record {fingerprint(path)!r}"
-    )
+    _assert_reviewed(path, "asgiref", asgiref.__version__, known, ASGIREF_MIRRORED_BY)
