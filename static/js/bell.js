@@ -3,7 +3,7 @@
 // finds its parts by their data-notify-* attributes.
 
 import { csrfToken, pageClient, pageConfig } from "./page.js";
-import { el, levelOf, safeHref, timeElement } from "./render.js";
+import { el, levelOf, safeHref, showUnread, timeElement } from "./render.js";
 
 const LATEST = 10;
 
@@ -30,11 +30,7 @@ function bell(root, client, config) {
   let refresh = null;
 
   function setUnread(value) {
-    unread = Math.max(0, value);
-    count.textContent = unread > 99 ? "99+" : String(unread);
-    count.dataset.count = String(unread);
-    count.hidden = unread === 0;
-    readAll.disabled = unread === 0;
+    unread = showUnread({ text: count, badge: count, button: readAll }, value);
     toggle.setAttribute("aria-label", unread ? `Notifications, ${unread} unread` : "Notifications");
   }
 

@@ -2,7 +2,7 @@
 // live by notify.js.
 
 import { pageClient, pageConfig } from "./page.js";
-import { LEVELS, el, levelOf, noteContent, refreshTimes } from "./render.js";
+import { LEVELS, el, levelOf, noteContent, refreshTimes, showUnread } from "./render.js";
 
 const config = pageConfig();
 const csrf = config.csrf;
@@ -59,11 +59,7 @@ function listUrl(params) {
 // -- unread count ------------------------------------------------------
 
 function setUnread(count) {
-  unread = Math.max(0, count);
-  badgeCount.textContent = unread > 99 ? "99+" : String(unread);
-  badge.dataset.count = String(unread);
-  badge.hidden = unread === 0;
-  markAll.disabled = unread === 0;
+  unread = showUnread({ text: badgeCount, badge, button: markAll }, count);
   document.title = unread ? `(${unread}) ${baseTitle}` : baseTitle;
 }
 

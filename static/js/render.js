@@ -129,3 +129,15 @@ export function noteContent(n, { headingLevel = "h3" } = {}) {
     ),
   ];
 }
+
+// An unread badge: `text` shows the count (99+ above 99), `badge` carries it
+// in data-count and hides at 0, `button` (mark all read) is disabled at 0.
+// Returns the count, never below 0.
+export function showUnread({ text, badge, button }, count) {
+  const unread = Math.max(0, count);
+  text.textContent = unread > 99 ? "99+" : String(unread);
+  badge.dataset.count = String(unread);
+  badge.hidden = unread === 0;
+  button.disabled = unread === 0;
+  return unread;
+}
