@@ -1,0 +1,130 @@
+"""scripts/stack and the nginx.conf it renders: the CPU weight of the workers'
+sessions, and nginx's idle upstream connections against uvicorn's."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+
+from tests.support.servers import ROOT, free_port
+
+STACK = ROOT / "scripts" / "stack"
+
+
+def _stack(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
+    clean["NOTIFY_STACK_DIR"] = str(tmp_path / "stack")
+    return subprocess.run(
+        ["bash", str(STACK), *args],
+        env=clean | env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def _sized_nice(tmp_path: Path, **env: str) -> int:
+    sizing = _stack(tmp_path, "sizing", **env)
+    assert sizing.returncode == 0, sizing.stderr
+    found = re.search(r"stream worker's session at nice (\d+)", sizing.stdout)
+    assert found, sizing.stdout
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize(
+    ("workers", "nice"),
+    # The least nice at which workers × the kernel's weight for it is at most
+    # 1.5 × 1024, the weight of one session at nice 0 (nginx's).
+    [("1", 0), ("2", 2), ("4", 5), ("8", 8)],
+)
+def test_stream_workers_together_weigh_at_most_one_and_a_half_nginx(
+    tmp_path: Path, workers: str, nice: int
+) -> None:
+    assert _sized_nice(tmp_path, NOTIFY_STACK_WORKERS=workers) == nice
+
+
+def test_the_default_sizing_weighs_its_four_workers_as_one(tmp_path: Path) -> None:
+    assert _sized_nice(tmp_path) == 5
+
+
+def test_a_chosen_worker_nice_is_kept_and_a_wrong_one_refused(tmp_path: Path) -> None:
+    assert _sized_nice(tmp_path, NOTIFY_STACK_WORKER_NICE="2") == 2
+    for wrong in ("20", "-1", "x"):
+        refused = _stack(tmp_path, "sizing", NOTIFY_STACK_WORKER_NICE=wrong)
+        assert refused.returncode == 1
+        assert "NOTIFY_STACK_WORKER_NICE must be a whole number from 0 to 19" in (
+            refused.stderr
+        )
+
+
+def _autogroup_nice(pid: int) -> int:
+    # "/autogroup-123 nice 4"
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(), reason="the kernel has no autogroups"
+)
+@pytest.mark.timeout(170)  # start migrates a database and collects static files
+def test_a_started_stack_gives_each_stream_worker_its_weight(tmp_path: Path) -> None:
+    env: dict[str, Any] = {
+        "NOTIFY_STACK_STREAMS": "100",
+        "NOTIFY_STACK_WORKERS": "2",
+        "NOTIFY_STACK_PORT": str(free_port()),
+        "NOTIFY_STACK_REDIS_PORT": str(free_port()),
+        "NOTIFY_STACK_WORKER_PORT": str(free_port()),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'stack.sqlite3'}",
+        "STATIC_ROOT": str(tmp_path / "static"),
+    }
+    first = int(env["NOTIFY_STACK_WORKER_PORT"])
+    try:
+        started = _stack(tmp_path, "start", **env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        pids = {
+            port: int((tmp_path / "stack" / f"uvicorn-{port}.pid").read_text())
+            for port in (first, first + 1, first + 2)
+        }
+        # Two stream workers at nice 2 (2 × 655 ≤ 1.5 × 1024), the API worker
+        # at 0; each in a session of its own, so that the weight is its alone.
+        assert [_autogroup_nice(pids[p]) for p in (first, first + 1)] == [2, 2]
+        assert _autogroup_nice(pids[first + 2]) == 0
+        groups = {
+            Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+            for pid in pids.values()
+        }
+        assert len(groups) == 3
+        assert _autogroup_nice(os.getpid()) == 0  # the caller's is untouched
+    finally:
+        _stack(tmp_path, "stop", **env)
+
+
+def _upstream_block(name: str) -> str:
+    conf = (ROOT / "nginx.conf").read_text()
+    found = re.search(rf"upstream {name} \{{(.*?)\n    \}}", conf, re.S)
+    assert found, f"no upstream {name} in nginx.conf"
+    return found.group(1)
+
+
+def test_nginx_lets_idle_worker_connections_go_before_uvicorn_does() -> None:
+    """Otherwise nginx may send a request down a connection the worker is
+    closing: a GET is retried elsewhere, a publish (POST) gets a 502."""
+    block = _upstream_block("notify_app")
+    assert re.search(r"^\s*keepalive \d+;", block, re.M)
+    nginx_idle = re.search(r"^\s*keepalive_timeout (\d+)s;", block, re.M)
+    assert nginx_idle, "notify_app keeps connections without a keepalive_timeout"
+    command = STACK.read_text().split(".venv/bin/uvicorn project.asgi:application")[1]
+    command = command.split(")")[0]
+    given = re.search(r"--timeout-keep-alive\s+(\d+)", command)
+    uvicorn_idle = (
+        int(given.group(1))
+        if given
+        else Config("project.asgi:application").timeout_keep_alive
+    )
+    assert int(nginx_idle.group(1)) < uvicorn_idle
