@@ -24,7 +24,7 @@ from bench.load import StreamClient, Streams, post_json
 BASELINE = 10
 FLAT_CHECKPOINT = 2000
 WARMUP_PUBLISHES = 2
-PROBE_PUBLISHES = 50  # CPU is counted in 10 ms ticks: 50 give 0.2 ms steps
+PROBE_PUBLISHES = 200  # CPU is counted in 10 ms ticks: 200 give 0.05 ms steps
 
 
 @dataclass
