@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procstat, servers
+from tests.support.servers import free_ports, port_free
 
 ROOT = servers.ROOT
 STACK = ROOT / "scripts" / "stack"
@@ -32,25 +31,6 @@ _STATUS = re.compile(rb'" (\d{3}) ')
 # is the level and the message up to ", client:", without the connection
 # number, which differs per line.
 _ERROR = re.compile(rb"^\S+ \S+ \[(\w+)\] \d+#\d+: (?:\*\d+ )?(.*?)(?:, client: .*)?$")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` consecutive free ports below the ephemeral range."""
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - count)
-        ports = list(range(base, base + count))
-        if all(_free(p) for p in ports):
-            return ports
-    raise RuntimeError("no free ports")
 
 
 MAX_WORKERS = 16  # ports kept free for the stack's own choice of workers
@@ -292,6 +272,6 @@ def established(port: int) -> int:
 def wait_port(port: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _free(port):
+        if not port_free(port):
             return
         time.sleep(0.1)

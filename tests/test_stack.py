@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from uvicorn.config import Config
 
-from tests.support.servers import ROOT, free_port
+from tests.support.servers import ROOT, free_ports
 
 STACK = ROOT / "scripts" / "stack"
 
@@ -64,6 +64,23 @@ def test_a_chosen_worker_nice_is_kept_and_a_wrong_one_refused(tmp_path: Path) ->
         )
 
 
+def _small_stack(tmp_path: Path) -> tuple[dict[str, str], int]:
+    """Settings of a stack of two stream workers and one API worker, on free
+    ports, with its database and static files in ``tmp_path``; and the first
+    worker's port."""
+    # nginx, Redis, then the two stream workers and the API worker in a row
+    nginx_port, redis_port, first = free_ports(5)[:3]
+    return {
+        "NOTIFY_STACK_STREAMS": "100",
+        "NOTIFY_STACK_WORKERS": "2",
+        "NOTIFY_STACK_PORT": str(nginx_port),
+        "NOTIFY_STACK_REDIS_PORT": str(redis_port),
+        "NOTIFY_STACK_WORKER_PORT": str(first),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'stack.sqlite3'}",
+        "STATIC_ROOT": str(tmp_path / "static"),
+    }, first
+
+
 def _autogroup_nice(pid: int) -> int:
     # "/autogroup-123 nice 4"
     return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
@@ -74,16 +91,7 @@ def _autogroup_nice(pid: int) -> int:
 )
 @pytest.mark.timeout(170)  # start migrates a database and collects static files
 def test_a_started_stack_gives_each_stream_worker_its_weight(tmp_path: Path) -> None:
-    env: dict[str, Any] = {
-        "NOTIFY_STACK_STREAMS": "100",
-        "NOTIFY_STACK_WORKERS": "2",
-        "NOTIFY_STACK_PORT": str(free_port()),
-        "NOTIFY_STACK_REDIS_PORT": str(free_port()),
-        "NOTIFY_STACK_WORKER_PORT": str(free_port()),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'stack.sqlite3'}",
-        "STATIC_ROOT": str(tmp_path / "static"),
-    }
-    first = int(env["NOTIFY_STACK_WORKER_PORT"])
+    env, first = _small_stack(tmp_path)
     try:
         started = _stack(tmp_path, "start", **env)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -101,8 +109,26 @@ def test_a_started_stack_gives_each_stream_worker_its_weight(tmp_path: Path) -> 
         }
         assert len(groups) == 3
         assert _autogroup_nice(os.getpid()) == 0  # the caller's is untouched
+        # nginx relays in batches: no preempting a worker as its data comes in.
+        nginx = int((tmp_path / "stack" / "nginx.pid").read_text())
+        assert os.sched_getscheduler(nginx) == os.SCHED_BATCH
+        assert os.sched_getscheduler(pids[first]) == os.SCHED_OTHER
     finally:
         _stack(tmp_path, "stop", **env)
+
+
+def test_a_worker_that_cannot_start_stops_the_start_at_once(tmp_path: Path) -> None:
+    env, first = _small_stack(tmp_path)
+    # Bound but not listening: nothing answers there, and uvicorn cannot bind.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", first + 1))
+        try:
+            started = _stack(tmp_path, "start", **env)
+        finally:
+            _stack(tmp_path, "stop", **env)
+    assert started.returncode == 1
+    assert f"uvicorn on {first + 1} exited" in started.stderr
+    assert "address already in use" in started.stderr.lower()
 
 
 def _upstream_block(name: str) -> str:

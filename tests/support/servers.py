@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -56,6 +57,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` consecutive free ports below the ephemeral range, where no
+    outgoing connection takes one meanwhile (``scripts/stack`` puts its
+    workers on consecutive ports)."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        ports = list(range(base, base + count))
+        if all(port_free(p) for p in ports):
+            return ports
+    raise RuntimeError("no free ports")
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
