@@ -18,7 +18,7 @@ from playwright.async_api import Browser
 
 from notify.broker import forget_broker
 from notify.opening import forget_opener
-from notify.tokens import create_token
+from notify.tokens import create_token, write_used
 from tests.support.api import Client
 from tests.support.browser import chromium
 from tests.support.postgres import PostgresCluster, connections_to
@@ -219,13 +219,17 @@ _thread_connections = ThreadConnections()
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: None) -> Iterator[None]:
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """The test database, with every thread's connection closed before it is
     dropped."""
     from django.db.backends.signals import connection_created
 
     connection_created.connect(_thread_connections.track, weak=False)
     yield
+    # The tokens' last uses of the final tests, written while the database
+    # exists rather than by the writer's thread once it is gone.
+    with django_db_blocker.unblock():
+        write_used()
     connection_created.disconnect(_thread_connections.track)
     _thread_connections.close(all_threads=True)
 
