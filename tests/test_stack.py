@@ -50,7 +50,9 @@ def test_stream_workers_together_weigh_at_most_one_and_a_half_nginx(
     assert _sized_nice(tmp_path, NOTIFY_STACK_WORKERS=workers) == nice
 
 
-def test_the_default_sizing_weighs_its_four_workers_as_one(tmp_path: Path) -> None:
+def test_the_default_sizing_weighs_its_four_workers_as_one_and_a_half_nginx(
+    tmp_path: Path,
+) -> None:
     assert _sized_nice(tmp_path) == 5
 
 
@@ -81,9 +83,14 @@ def _small_stack(tmp_path: Path) -> tuple[dict[str, str], int]:
     }, first
 
 
+def _autogroup(pid: int) -> tuple[str, int]:
+    """The session's autogroup and its nice value ("/autogroup-123 nice 4")."""
+    name, _, nice = Path(f"/proc/{pid}/autogroup").read_text().split()
+    return name, int(nice)
+
+
 def _autogroup_nice(pid: int) -> int:
-    # "/autogroup-123 nice 4"
-    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    return _autogroup(pid)[1]
 
 
 @pytest.mark.skipif(
@@ -103,11 +110,7 @@ def test_a_started_stack_gives_each_stream_worker_its_weight(tmp_path: Path) -> 
         # at 0; each in a session of its own, so that the weight is its alone.
         assert [_autogroup_nice(pids[p]) for p in (first, first + 1)] == [2, 2]
         assert _autogroup_nice(pids[first + 2]) == 0
-        groups = {
-            Path(f"/proc/{pid}/autogroup").read_text().split()[0]
-            for pid in pids.values()
-        }
-        assert len(groups) == 3
+        assert len({_autogroup(pid)[0] for pid in pids.values()}) == 3
         assert _autogroup_nice(os.getpid()) == 0  # the caller's is untouched
         # nginx relays in batches: no preempting a worker as its data comes in.
         nginx = int((tmp_path / "stack" / "nginx.pid").read_text())
