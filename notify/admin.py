@@ -5,6 +5,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
@@ -155,7 +156,7 @@ class NotificationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 class APITokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("name", "user", "can_publish", "created_at", "last_used_at")
     list_filter = ("can_publish",)
-    search_fields = ("name", "user__username")
+    search_fields = ("name", f"user__{get_user_model().USERNAME_FIELD}")
     readonly_fields = ("key_hash", "created_at", "last_used_at")
 
     def has_add_permission(self, request: object) -> bool:

@@ -4,7 +4,7 @@ Ids are stable: notify.E001 heartbeat, E002 retry, E003 padding, E004
 retention, E005 publish rate, E006 queue size, E007 replay batch, E008 resync,
 E009 sync threads, E010 broker, E011 open backlog, E012 streams per user,
 E013 prune interval, E014 Redis URL, E015 Redis key prefix, E016 metrics
-token, E017 base template;
+token, E017 base template, E018 (in ``accounts``) the user model;
 notify.W001 the insecure development key; notify.W002 (in
 ``handler_checks``) the project's ASGI application is not notify's handler;
 notify.W101-W103 (deployment,
@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
@@ -24,7 +25,13 @@ from notify import (  # noqa: F401 - register their checks
     deploy_checks,
     handler_checks,
 )
+from notify.accounts import check_user_model
 from notify.conf import SETTINGS, conf
+
+
+@register(Tags.models)
+def check_the_user_model(**kwargs: Any) -> list[CheckMessage]:
+    return check_user_model(get_user_model())
 
 
 @register(Tags.compatibility)

@@ -13,7 +13,7 @@ from django.db import close_old_connections
 from django.db.models import Max
 from django.utils import timezone
 
-from notify import wire
+from notify import accounts, wire
 from notify.broker import Message
 from notify.models import Audience, Notification
 from notify.visibility import unexpired
@@ -32,7 +32,8 @@ def messages_since(after: int, limit: int) -> list[Message]:
     users: dict[int, list[int]] = defaultdict(list)
     groups: dict[int, list[int]] = defaultdict(list)
     through_u = Notification.users.through.objects.filter(notification_id__in=ids)
-    for nid, uid in through_u.values_list("notification_id", "user_id"):
+    user_column = accounts.names().addressed_user
+    for nid, uid in through_u.values_list("notification_id", user_column):
         users[nid].append(uid)
     through_g = Notification.groups.through.objects.filter(notification_id__in=ids)
     for nid, gid in through_g.values_list("notification_id", "group_id"):

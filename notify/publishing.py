@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from notify import active_users, metrics, wire
+from notify import accounts, active_users, metrics, wire
 from notify.broker import (
     Broker,
     Message,
@@ -87,10 +87,13 @@ def _check_rate(sender: User, now: datetime) -> None:
 
 
 def _resolve(draft: Draft, in_transaction: bool) -> tuple[list[int], list[int], int]:
-    users = get_user_model().objects
+    users = get_user_model()._default_manager
     if draft.audience == Audience.USER:
+        username = accounts.names().username
         found = dict(
-            users.filter(username__in=draft.usernames).values_list("username", "pk")
+            users.filter(**{f"{username}__in": draft.usernames}).values_list(
+                username, "pk"
+            )
         )
         missing = [u for u in draft.usernames if u not in found]
         if missing:

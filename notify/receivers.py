@@ -27,7 +27,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_init, post_save
 from django.utils import timezone
 
-from notify import active_users
+from notify import accounts, active_users
 from notify.access import (
     EVERY_CREDENTIAL,
     LOGGED_OUT,
@@ -153,7 +153,8 @@ def _groups_changed(
     user_model = auth.get_user_model()
     if not isinstance(instance, user_model):
         if action == "pre_clear":  # group.user_set.clear(): who is leaving
-            setattr(instance, _CLEARING, list(instance.user_set.values_list("pk")))
+            leaving = getattr(instance, accounts.names().group_users)
+            setattr(instance, _CLEARING, list(leaving.values_list("pk")))
             return
         if action == "post_clear":
             users = [pk for (pk,) in getattr(instance, _CLEARING, [])]

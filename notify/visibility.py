@@ -17,6 +17,7 @@ from django.db.models import DateTimeField, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from notify import accounts
 from notify.models import Audience, Notification
 from notify.prepared import Prepared
 
@@ -39,8 +40,13 @@ def visible(user_id: int, now: datetime | None = None) -> QuerySet[Notification]
     """Notifications addressed to this user, directly, by group or to all,
     that have not expired."""
     now = now or timezone.now()
-    to_user = Notification.users.through.objects.filter(user_id=user_id)
-    to_group = Notification.groups.through.objects.filter(group__user__id=user_id)
+    names = accounts.names()
+    to_user = Notification.users.through.objects.filter(
+        **{names.addressed_user: user_id}
+    )
+    to_group = Notification.groups.through.objects.filter(
+        **{f"group__{names.group_members}__id": user_id}
+    )
     addressed = (
         Q(audience=Audience.ALL)
         | Q(audience=Audience.USER, id__in=to_user.values("notification_id"))
@@ -68,7 +74,10 @@ def unexpired(
 
 
 _GROUPS = Prepared(
-    lambda user_id: Group.objects.filter(user__id=user_id).values_list("id"), [int]
+    lambda user_id: Group.objects.filter(
+        **{f"{accounts.names().group_members}__id": user_id}
+    ).values_list("id"),
+    [int],
 )
 _NEWEST_VISIBLE = Prepared(
     lambda user_id, now: visible(user_id, now).order_by("-id").values_list("id")[:1],

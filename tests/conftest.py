@@ -23,7 +23,12 @@ from tests.support.api import Client
 from tests.support.browser import chromium
 from tests.support.postgres import PostgresCluster, connections_to
 from tests.support.prefixed import PrefixedServer, prefixed_server
-from tests.support.servers import RedisServer, UvicornServer, auth  # noqa: F401
+from tests.support.servers import (  # noqa: F401
+    RedisServer,
+    UvicornServer,
+    auth,
+    server_base_env,
+)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 DATABASES = ("sqlite", "postgres")
@@ -312,13 +317,7 @@ def redis_url(redis_server: RedisServer, request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def server_env(test_database_url: str) -> dict[str, str]:
     """Environment for a uvicorn server sharing the test database."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(
-            ("NOTIFY_", "REDIS_URL", "DATABASE_URL", "DJANGO_", "PROMETHEUS_")
-        )
-    }
+    env = server_base_env()
     env.update(
         DATABASE_URL=test_database_url,
         DJANGO_SETTINGS_MODULE="project.settings",

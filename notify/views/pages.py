@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 
-from notify import wire
+from notify import accounts, wire
 from notify.broker import get_broker
 from notify.client import client_config
 from notify.conf import conf
@@ -49,7 +49,9 @@ def inbox(request: HttpRequest) -> HttpResponse:
 def broadcast(request: HttpRequest) -> HttpResponse:
     if not (request.user.is_active and request.user.is_staff):
         raise PermissionDenied("The broadcast console is for staff.")
-    users = get_user_model().objects.filter(is_active=True).order_by("username")
+    username = accounts.names().username
+    users = get_user_model()._default_manager.filter(is_active=True)
+    users = users.order_by(username)
     context = {
         "notify_base_template": conf.base_template,
         "config": client_config(request),
@@ -58,7 +60,7 @@ def broadcast(request: HttpRequest) -> HttpResponse:
         "groups": list(
             Group.objects.order_by("name").values_list("name", flat=True)[:SUGGESTIONS]
         ),
-        "usernames": list(users.values_list("username", flat=True)[:SUGGESTIONS]),
+        "usernames": list(users.values_list(username, flat=True)[:SUGGESTIONS]),
     }
     return render(request, "notify/broadcast.html", context)
 
@@ -66,13 +68,16 @@ def broadcast(request: HttpRequest) -> HttpResponse:
 def _recent(limit: int, present: set[int]) -> dict[str, Any]:
     """The newest notifications, each with how many of its recipients have a
     stream open now. A fixed number of queries, whatever the audience size."""
-    users = get_user_model().objects
+    users = get_user_model()._default_manager
     online = set(
         users.filter(pk__in=present, is_active=True).values_list("pk", flat=True)
     )
     members: dict[int, set[int]] = defaultdict(set)
-    through = users.model.groups.through.objects.filter(user_id__in=online)
-    for user_id, group_id in through.values_list("user_id", "group_id"):
+    names = accounts.names()
+    through = users.model.groups.through.objects.filter(
+        **{f"{names.member_user}__in": online}
+    )
+    for user_id, group_id in through.values_list(names.member_user, names.member_group):
         members[group_id].add(user_id)
     rows = (
         Notification.objects.select_related("sender")

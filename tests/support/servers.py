@@ -21,6 +21,18 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def server_base_env() -> dict[str, str]:
+    """This process's environment without the settings a server is given
+    explicitly: notify's, Redis', the database's, Django's, Prometheus'."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("NOTIFY_", "REDIS_URL", "DATABASE_URL", "DJANGO_", "PROMETHEUS_")
+        )
+    }
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -4,7 +4,8 @@ import secrets
 import shlex
 from typing import Any
 
-from django.contrib.auth.models import Group, User
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
@@ -44,7 +45,9 @@ class Command(BaseCommand):
 
     def _user(self, username: str) -> str:
         staff, groups = DEMO_USERS[username]
-        user, _ = User.objects.get_or_create(username=username)
+        model = get_user_model()
+        lookup: dict[str, Any] = {model.USERNAME_FIELD: username}
+        user, _ = model._default_manager.get_or_create(**lookup)
         password = secrets.token_urlsafe(12)
         user.set_password(password)
         user.is_active = True
@@ -59,7 +62,8 @@ class Command(BaseCommand):
     def _token(self, name: str, username: str, can_publish: bool) -> str:
         # Only a hash is stored, so a fresh token replaces the old one.
         APIToken.objects.filter(name=name).delete()
-        user = User.objects.get(username=username)
+        model = get_user_model()
+        user = model._default_manager.get(**{model.USERNAME_FIELD: username})
         return create_token(user, name=name, can_publish=can_publish)[1]
 
     def _summary(

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from django.contrib.auth.models import User
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import IntegrityError, transaction
 
@@ -47,7 +47,8 @@ class Command(BaseCommand):
             self._revoke(options["name"])
 
     def _create(self, username: str, name: str | None, can_publish: bool) -> None:
-        user = User.objects.filter(username=username).first()
+        model = get_user_model()
+        user = model._default_manager.filter(**{model.USERNAME_FIELD: username}).first()
         if user is None:
             raise CommandError(f"unknown user {username!r}")
         if name is not None:

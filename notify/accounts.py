@@ -1,0 +1,87 @@
+"""The host's user model, as notify's queries name it.
+
+notify works with any ``AUTH_USER_MODEL`` that has an ``is_active`` field and
+``PermissionsMixin``'s ``groups`` (``checks.py`` says so at start, as
+notify.E018): Django's own ``User``, or a project's ``Person`` whose username
+is its email. Audiences name users by the model's ``USERNAME_FIELD``, and the
+tables that join users to notifications and to groups name their user column
+after the model (``person_id``, not ``user_id``): the names below are read
+from the models, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.checks import CheckMessage, Error
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models
+
+from notify.models import Notification
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    username: str  # the user model's USERNAME_FIELD
+    addressed_user: str  # Notification.users' join table: the user column
+    member_user: str  # the user model's groups join table: the user column
+    member_group: str  # ... and the group column
+    group_members: str  # from a group, the lookup to its users ("user")
+    group_users: str  # a group's manager of its users ("user_set")
+
+
+@cache
+def names() -> Names:
+    groups = get_user_model()._meta.get_field("groups")
+    assert isinstance(groups, models.ManyToManyField)  # notify.E018
+    addressed = Notification._meta.get_field("users")
+    assert isinstance(addressed, models.ManyToManyField)
+    return Names(
+        username=get_user_model().USERNAME_FIELD,
+        addressed_user=_column(addressed, addressed.m2m_reverse_field_name()),
+        member_user=_column(groups, groups.m2m_field_name()),
+        member_group=_column(groups, groups.m2m_reverse_field_name()),
+        group_members=groups.related_query_name(),
+        group_users=groups.remote_field.get_accessor_name() or "",
+    )
+
+
+def _column(field: models.ManyToManyField[Any, Any], name: str) -> str:
+    """The attribute of the join table's foreign key ``name`` (``user_id``)."""
+    through: Any = field.remote_field.through
+    return str(through._meta.get_field(name).attname)
+
+
+def check_user_model(model: Any) -> list[CheckMessage]:
+    """notify.E018: what notify needs of ``AUTH_USER_MODEL``."""
+    missing = []
+    try:
+        active = model._meta.get_field("is_active")
+    except FieldDoesNotExist:
+        active = None
+    if not isinstance(active, models.BooleanField):
+        missing.append("an is_active BooleanField")
+    try:
+        groups = model._meta.get_field("groups")
+    except FieldDoesNotExist:
+        groups = None
+    if not (
+        isinstance(groups, models.ManyToManyField)
+        and groups.remote_field.model is Group
+    ):
+        missing.append("a groups ManyToManyField to auth.Group")
+    if not missing:
+        return []
+    return [
+        Error(
+            f"AUTH_USER_MODEL {model._meta.label} lacks {' and '.join(missing)}: "
+            "notify addresses users by group and serves active users only.",
+            hint="Subclass AbstractUser, or AbstractBaseUser with PermissionsMixin "
+            "and an is_active field.",
+            id="notify.E018",
+        )
+    ]
