@@ -18,7 +18,7 @@ PROBES = {
     "healthz": "/healthz",
     "inbox": "/api/notifications?limit=50",
     "page": "/accounts/login/",
-    "static": "/static/css/notify.css",
+    "static": "/static/notify/css/notify.css",
 }
 
 

@@ -191,7 +191,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# The app's static files, under notify/ as in the installed app (pyproject.toml),
+# so that a host's own js/page.js or img/favicon.svg never stands for notify's.
+STATICFILES_DIRS = [("notify", BASE_DIR / "static")]
 STATIC_ROOT = env("STATIC_ROOT", _nonempty, str(BASE_DIR / "var" / "static"))
 
 # The publish API bounds bodies itself (413 past 64 KiB); Django's own limit

@@ -60,7 +60,7 @@ def notify_client(context: Context) -> SafeString:
     return format_html(
         '{}\n<script type="module" src="{}"></script>',
         json_script(client_config(request), CONFIG_ELEMENT_ID),
-        static("js/page.js"),
+        static("notify/js/page.js"),
     )
 
 

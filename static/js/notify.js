@@ -1,7 +1,7 @@
 /**
  * notify.js: live notifications in the browser over Server-Sent Events.
  *
- *   import { connect } from "/static/js/notify.js";
+ *   import { connect } from "/static/notify/js/notify.js";
  *   const client = connect({ url: "{% url 'notify:events' %}", lastEventId: 41, shareKey: "7" });
  *   client.on("notification", (n) => …);  // wire JSON; every id exactly once
  *   client.on("read", (change) => …);     // {ids: […]} or {all: true, up_to: N}
