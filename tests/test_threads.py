@@ -14,12 +14,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from notify.workers import GROWTH
 from tests.support.servers import auth
 from tests.support.sse import events
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/status").exists(), reason="needs Linux /proc"
 )
+
+
+SYNC_THREADS = 2
+POOL_BOUND = SYNC_THREADS * GROWTH  # the most request threads a server starts
+FILES_PER_CONNECTION = 3  # SQLite's database, -wal and -shm; PostgreSQL's is 1
 
 
 def thread_count(pid: int) -> int:
@@ -84,6 +90,7 @@ async def test_open_streams_hold_no_thread_and_no_database_connection(
         NOTIFY_RESYNC_SECONDS="3600",
         NOTIFY_HEARTBEAT_SECONDS="30",
         NOTIFY_MAX_STREAMS_PER_USER="0",
+        NOTIFY_SYNC_THREADS=str(SYNC_THREADS),
     )
     assert server.proc is not None
     pid = server.proc.pid
@@ -99,8 +106,12 @@ async def test_open_streams_hold_no_thread_and_no_database_connection(
 
                 await holder.open([people[i % 3] for i in range(290)])
                 assert holder.ready == 300
-                assert thread_count(pid) == threads
-                assert database_connections(pid) == fds
+                # The request threads may start one the first streams did
+                # not need yet, or grow when theirs are slow (a loaded
+                # machine), up to the pool's bound; never one per stream.
+                assert thread_count(pid) - threads <= POOL_BOUND
+                more = len(database_connections(pid)) - len(fds)
+                assert more <= POOL_BOUND * FILES_PER_CONNECTION
         finally:
             async with asyncio.timeout(20):
                 await holder.aclose()
