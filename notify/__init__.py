@@ -14,7 +14,7 @@ __version__ = "0.2.0"
 if TYPE_CHECKING:
     from typing import Unpack
 
-    from django.contrib.auth.models import User
+    from django.contrib.auth.base_user import AbstractBaseUser
 
     from notify.models import Notification
     from notify.publishing import Fields
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 # Imported when called: this package is imported before Django's app
 # registry is ready for models (by a host's INSTALLED_APPS, by manage.py).
-def publish(*, sender: User | None = None, **fields: Unpack[Fields]) -> Notification:
+def publish(
+    *, sender: AbstractBaseUser | None = None, **fields: Unpack[Fields]
+) -> Notification:
     """Publish from sync code (a shell, a management command, a worker); see
     :func:`notify.publishing.publish`."""
     from notify.publishing import publish as _publish
@@ -31,7 +33,7 @@ def publish(*, sender: User | None = None, **fields: Unpack[Fields]) -> Notifica
 
 
 async def apublish(
-    *, sender: User | None = None, **fields: Unpack[Fields]
+    *, sender: AbstractBaseUser | None = None, **fields: Unpack[Fields]
 ) -> Notification:
     """Publish from async code; see :func:`notify.publishing.apublish`."""
     from notify.publishing import apublish as _apublish

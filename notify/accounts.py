@@ -1,12 +1,14 @@
 """The host's user model, as notify's queries name it.
 
-notify works with any ``AUTH_USER_MODEL`` that has an ``is_active`` field and
-``PermissionsMixin``'s ``groups`` (``checks.py`` says so at start, as
-notify.E018): Django's own ``User``, or a project's ``Person`` whose username
-is its email. Audiences name users by the model's ``USERNAME_FIELD``, and the
-tables that join users to notifications and to groups name their user column
-after the model (``person_id``, not ``user_id``): the names below are read
-from the models, once.
+notify works with any ``AUTH_USER_MODEL`` that has an integer primary key, an
+``is_active`` field and ``PermissionsMixin``'s ``groups``: Django's own
+``User``, or a project's ``Person`` whose username is its email. Anything
+else stops the process at start (``ImproperlyConfigured``), as a bad setting
+does, and ``manage.py check`` names it notify.E018. Audiences name users by
+the model's ``USERNAME_FIELD``, and the tables that join users to
+notifications and to groups name their user column after the model
+(``person_id``, not ``user_id``): the names below are read from the models
+the tables were made for, once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.checks import CheckMessage, Error
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 
 from notify.models import Notification
@@ -36,12 +38,12 @@ class Names:
 
 @cache
 def names() -> Names:
-    groups = get_user_model()._meta.get_field("groups")
-    assert isinstance(groups, models.ManyToManyField)  # notify.E018
     addressed = Notification._meta.get_field("users")
     assert isinstance(addressed, models.ManyToManyField)
+    model: Any = addressed.remote_field.model  # AUTH_USER_MODEL, as loaded
+    groups = model._meta.get_field("groups")  # required at start
     return Names(
-        username=get_user_model().USERNAME_FIELD,
+        username=model.USERNAME_FIELD,
         addressed_user=_column(addressed, addressed.m2m_reverse_field_name()),
         member_user=_column(groups, groups.m2m_field_name()),
         member_group=_column(groups, groups.m2m_reverse_field_name()),
@@ -59,6 +61,8 @@ def _column(field: models.ManyToManyField[Any, Any], name: str) -> str:
 def check_user_model(model: Any) -> list[CheckMessage]:
     """notify.E018: what notify needs of ``AUTH_USER_MODEL``."""
     missing = []
+    if not isinstance(model._meta.pk, models.IntegerField):  # auto fields too
+        missing.append("an integer primary key")
     try:
         active = model._meta.get_field("is_active")
     except FieldDoesNotExist:
@@ -72,8 +76,9 @@ def check_user_model(model: Any) -> list[CheckMessage]:
     if not (
         isinstance(groups, models.ManyToManyField)
         and groups.remote_field.model is Group
+        and not groups.remote_field.hidden
     ):
-        missing.append("a groups ManyToManyField to auth.Group")
+        missing.append("a groups ManyToManyField to auth.Group (not hidden)")
     if not missing:
         return []
     return [
@@ -82,6 +87,14 @@ def check_user_model(model: Any) -> list[CheckMessage]:
             "notify addresses users by group and serves active users only.",
             hint="Subclass AbstractUser, or AbstractBaseUser with PermissionsMixin "
             "and an is_active field.",
+            obj=model,
             id="notify.E018",
         )
     ]
+
+
+def require_user_model() -> None:
+    """Raise ``ImproperlyConfigured`` when notify.E018 applies: at start, as
+    for a bad setting, since servers do not run the system checks."""
+    for problem in check_user_model(get_user_model()):
+        raise ImproperlyConfigured(f"{problem.msg} {problem.hint}")

@@ -10,6 +10,7 @@ class NotifyConfig(AppConfig):
         from django.core.signals import setting_changed
 
         from notify import (
+            accounts,
             checks,  # noqa: F401 - registers the system checks
             receivers,
         )
@@ -19,6 +20,7 @@ class NotifyConfig(AppConfig):
         # A bad NOTIFY_* setting stops the process at start (every manage.py
         # command, the ASGI application) rather than at the first request.
         validate()
+        accounts.require_user_model()
         setting_changed.connect(conf.clear, dispatch_uid="notify.conf.clear")
         setting_changed.connect(reset_brokers, dispatch_uid="notify.reset_brokers")
         receivers.connect()

@@ -19,7 +19,7 @@ _ID = 2147483647  # stands for {id} while reversing a URL
 
 
 def client_config(request: HttpRequest) -> dict[str, Any]:
-    """The JSON ``{% notify_client %}`` renders for ``static/js/page.js``.
+    """The JSON ``{% notify_client %}`` renders for ``notify/js/page.js``.
 
     ``lastEventId`` is the newest notification the user could see when the
     page was rendered: the client resumes after it, so a list a widget loads

@@ -16,11 +16,12 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Required, TypedDict, Unpack
+from typing import Any, Required, TypedDict, Unpack, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
@@ -76,11 +77,11 @@ _SENT_SINCE = Prepared(
 )
 
 
-def _check_rate(sender: User, now: datetime) -> None:
+def _check_rate(sender: AbstractBaseUser, now: datetime) -> None:
     rate = conf.publish_rate
     since = now - timedelta(seconds=rate.period)
     if _SENT_SINCE.value(sender.pk, since, default=0) >= rate.count:
-        window = Notification.objects.filter(sender=sender, created_at__gt=since)
+        window = Notification.objects.filter(sender_id=sender.pk, created_at__gt=since)
         oldest = window.order_by("created_at").values_list("created_at", flat=True)[0]
         wait = (oldest + timedelta(seconds=rate.period) - now).total_seconds()
         raise RateLimitedError(max(1, math.ceil(wait)))
@@ -117,7 +118,7 @@ def _resolve(draft: Draft, in_transaction: bool) -> tuple[list[int], list[int], 
     return [], [], active_users.count(in_transaction=in_transaction)
 
 
-def persist(draft: Draft, sender: User | None = None) -> Published:
+def persist(draft: Draft, sender: AbstractBaseUser | None = None) -> Published:
     """Save ``draft`` (in the caller's transaction, if any) and return it with
     its broker message."""
     in_transaction = connection.in_atomic_block
@@ -136,7 +137,7 @@ def persist(draft: Draft, sender: User | None = None) -> Published:
             created_at=now,
             expires_at=draft.expires_at,
             audience=draft.audience,
-            sender=sender,
+            sender=cast(Any, sender),  # AUTH_USER_MODEL, whatever the stubs say
             recipients=recipients,
         )
         _INSERT.insert(n)
@@ -192,7 +193,7 @@ def _draft(fields: Fields) -> Draft:
 
 
 async def apublish(
-    *, sender: User | None = None, **fields: Unpack[Fields]
+    *, sender: AbstractBaseUser | None = None, **fields: Unpack[Fields]
 ) -> Notification:
     """Publish a notification from async code; return it once committed.
 
@@ -204,7 +205,9 @@ async def apublish(
     return published.notification
 
 
-def publish(*, sender: User | None = None, **fields: Unpack[Fields]) -> Notification:
+def publish(
+    *, sender: AbstractBaseUser | None = None, **fields: Unpack[Fields]
+) -> Notification:
     """Publish from sync code (a shell, a management command, a worker).
 
     Same arguments and errors as :func:`apublish`. Inside

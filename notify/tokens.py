@@ -10,9 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import User
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import DatabaseError, close_old_connections, connections
 from django.db.models import Q
 from django.http import HttpRequest
@@ -31,13 +32,16 @@ def hash_token(token: str) -> str:
 
 
 def create_token(
-    user: User, *, name: str | None = None, can_publish: bool = False
+    user: AbstractBaseUser, *, name: str | None = None, can_publish: bool = False
 ) -> tuple[APIToken, str]:
     """Create a token for ``user``; return it with the secret (shown once)."""
     secret = PREFIX + secrets.token_urlsafe(32)
     name = name or f"{user.get_username()[:93]}-{secrets.token_hex(3)}"  # 100 at most
     token = APIToken.objects.create(
-        name=name, user=user, key_hash=hash_token(secret), can_publish=can_publish
+        name=name,
+        user=cast(Any, user),  # AUTH_USER_MODEL, whatever the stubs say
+        key_hash=hash_token(secret),
+        can_publish=can_publish,
     )
     return token, secret
 

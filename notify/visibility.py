@@ -45,7 +45,7 @@ def visible(user_id: int, now: datetime | None = None) -> QuerySet[Notification]
         **{names.addressed_user: user_id}
     )
     to_group = Notification.groups.through.objects.filter(
-        **{f"group__{names.group_members}__id": user_id}
+        **{f"group__{names.group_members}": user_id}
     )
     addressed = (
         Q(audience=Audience.ALL)
@@ -75,7 +75,7 @@ def unexpired(
 
 _GROUPS = Prepared(
     lambda user_id: Group.objects.filter(
-        **{f"{accounts.names().group_members}__id": user_id}
+        **{accounts.names().group_members: user_id}
     ).values_list("id"),
     [int],
 )

@@ -11,12 +11,16 @@ It has its own SQLite database, so it runs once per test run (with SQLite).
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import PermissionsMixin
 from django.db import models
 from django.test.utils import isolate_apps
 
@@ -39,6 +43,19 @@ ops = Group.objects.create(name="ops")
 Person.objects.create_user("ada@example.com", is_staff=True)
 Person.objects.create_user("bob@example.com").groups.add(ops)
 Person.objects.create_user("carol@example.com")
+"""
+# Bob signed in, as Django's login() leaves a session: its key is printed.
+SIGN_IN = """
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+from tests.support.people.models import Person
+bob = Person.objects.get(email="bob@example.com")
+session = SessionStore()
+session[SESSION_KEY] = str(bob.pk)
+session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+session[HASH_SESSION_KEY] = bob.get_session_auth_hash()
+session.create()
+print(session.session_key)
 """
 
 
@@ -73,6 +90,7 @@ def people(
         "bob": _secret(manage(env, "notify_token", "create", "bob@example.com")),
         "carol": _secret(manage(env, "notify_token", "create", "carol@example.com")),
     }
+    tokens["bob-session"] = manage(env, "shell", "-c", SIGN_IN).split()[-1]
     server = UvicornServer(base, env, "people")
     server.start()
     try:
@@ -123,6 +141,11 @@ async def test_users_are_addressed_by_the_models_username_field(
 
         inbox = await client.get("/api/notifications", headers=auth(tokens["bob"]))
         assert [n["id"] for n in inbox.json()["results"]] == sent[::-1]
+        signed_in = await client.get(
+            "/api/notifications",
+            headers={"Cookie": f"sessionid={tokens['bob-session']}"},
+        )
+        assert signed_in.json() == inbox.json()
         other = await client.get("/api/notifications", headers=auth(tokens["carol"]))
         assert other.json()["results"] == []
 
@@ -142,6 +165,31 @@ def test_the_checks_pass_and_tokens_list_by_username(
     assert "carol@example.com" in listed
 
 
+def test_a_user_model_notify_cannot_serve_stops_the_start(
+    tmp_path: Path, database_backend: str
+) -> None:
+    if database_backend != "sqlite":
+        pytest.skip("once per test run, with SQLite")
+    env = server_base_env() | {
+        "DJANGO_SETTINGS_MODULE": "tests.support.member_settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'members.sqlite3'}",
+        "PYTHONPATH": str(ROOT),
+    }
+    started = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert (
+        "ImproperlyConfigured: AUTH_USER_MODEL people.Member lacks an is_active "
+        "BooleanField and a groups ManyToManyField to auth.Group (not hidden)"
+    ) in started.stderr
+
+
 @isolate_apps("notify")
 def test_a_user_model_without_groups_or_is_active_is_an_error() -> None:
     class Member(AbstractBaseUser):
@@ -153,8 +201,24 @@ def test_a_user_model_without_groups_or_is_active_is_an_error() -> None:
 
     (error,) = check_user_model(Member)
     assert error.id == "notify.E018"
+    assert error.obj is Member
     assert "is_active BooleanField" in error.msg
     assert "groups ManyToManyField to auth.Group" in error.msg
+    assert "integer primary key" not in error.msg
+
+
+@isolate_apps("notify")
+def test_a_user_model_without_an_integer_key_is_an_error() -> None:
+    class Keyed(AbstractBaseUser, PermissionsMixin):
+        key = models.UUIDField(primary_key=True)
+        is_active = models.BooleanField(default=True)
+        USERNAME_FIELD = "key"
+
+        class Meta:
+            app_label = "notify"
+
+    (error,) = check_user_model(Keyed)
+    assert "lacks an integer primary key:" in error.msg
 
 
 def test_djangos_user_model_passes() -> None:

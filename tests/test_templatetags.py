@@ -63,9 +63,9 @@ def test_the_client_is_loaded_once_per_page_however_many_widgets_ask(users):
         users["alice"],
     )
     assert html.count('id="notify-client-config"') == 1
-    assert html.count("js/page.js") == 1
-    assert html.count("js/bell.js") == 1
-    assert html.count("css/notify-bell.css") == 1
+    assert html.count("/static/notify/js/page.js") == 1
+    assert html.count("/static/notify/js/bell.js") == 1
+    assert html.count("/static/notify/css/notify-bell.css") == 1
     assert html.count("data-notify-bell ") == 2
     assert 'id="notify-bell-1"' in html and 'id="notify-bell-2"' in html
     assert 'href="/">Open the inbox' in html
@@ -76,11 +76,13 @@ async def test_the_pages_extend_the_base_template_the_host_chooses(users, settin
     settings.NOTIFY_BASE_TEMPLATE = "host/base.html"
     client = AsyncClient()
     await client.aforce_login(users["admin"])
-    for path, script in [("/", "js/inbox.js"), ("/broadcast/", "js/broadcast.js")]:
+    pages = [("/", "inbox.js"), ("/broadcast/", "broadcast.js")]
+    for path, script in pages:
         html = (await client.get(path)).content.decode()
         assert "Host nav" in html, path
         assert 'class="topbar"' not in html, path  # notify's own layout
-        assert script in html and "css/notify.css" in html
+        assert f"/static/notify/js/{script}" in html
+        assert "/static/notify/css/notify.css" in html
     inbox = (await client.get("/")).content.decode()
     # The bell in the host's layout and the inbox share the page's one client.
     assert inbox.count('id="notify-client-config"') == 1

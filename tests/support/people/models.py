@@ -21,6 +21,7 @@ class PersonManager(BaseUserManager["Person"]):
 
 
 class Person(AbstractBaseUser, PermissionsMixin):
+    number = models.BigAutoField(primary_key=True)  # not "id"
     email = models.EmailField(unique=True)
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
@@ -28,3 +29,12 @@ class Person(AbstractBaseUser, PermissionsMixin):
     USERNAME_FIELD = "email"
 
     objects = PersonManager()
+
+
+class Member(AbstractBaseUser):
+    """A user model notify cannot serve: no groups, no is_active field
+    (tests/support/member_settings.py)."""
+
+    email = models.EmailField(unique=True)
+
+    USERNAME_FIELD = "email"
