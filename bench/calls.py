@@ -11,7 +11,8 @@ requests, then counts every function call on every thread
 (``sys.setprofile``, ``threading.setprofile``; a coroutine's every resumption
 counts as a call) over ``--requests`` more, one at a time. ``POST
 /api/notifications`` publishes to everyone with the staff token; any other
-path is a ``GET`` with it. Prints the calls per request by package (notify,
+path is a ``GET`` with it, and a stream (``/events/``) is left once it sent
+``ready``, so that its count is the opening and the closing. Prints the calls per request by package (notify,
 django, asgiref, redis, the standard library and the rest) and the busiest
 functions, and writes ``bench/results/calls-<time>.json``.
 """
@@ -110,8 +111,8 @@ async def _request(app: Any, scope: dict[str, Any], body: bytes) -> int:
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             status.append(message["status"])
-        elif not message.get("more_body"):
-            done.set()
+        elif not message.get("more_body") or b"event: ready" in message["body"]:
+            done.set()  # the response, or a stream once open: the client leaves
 
     async with asyncio.timeout(30):
         await app(scope, receive, send)
