@@ -24,7 +24,9 @@ class Command(BaseCommand):
         create = actions.add_parser(
             "create", help="create a token for USER and print it once"
         )
-        create.add_argument("username", metavar="USER")
+        create.add_argument(
+            "username", metavar="USER", help="the user's USERNAME_FIELD (username)"
+        )
         create.add_argument(
             "--publish",
             action="store_true",
