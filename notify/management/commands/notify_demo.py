@@ -62,8 +62,7 @@ class Command(BaseCommand):
     def _token(self, name: str, username: str, can_publish: bool) -> str:
         # Only a hash is stored, so a fresh token replaces the old one.
         APIToken.objects.filter(name=name).delete()
-        model = get_user_model()
-        user = model._default_manager.get(**{model.USERNAME_FIELD: username})
+        user = get_user_model()._default_manager.get_by_natural_key(username)
         return create_token(user, name=name, can_publish=can_publish)[1]
 
     def _summary(

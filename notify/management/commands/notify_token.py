@@ -50,9 +50,10 @@ class Command(BaseCommand):
 
     def _create(self, username: str, name: str | None, can_publish: bool) -> None:
         model = get_user_model()
-        user = model._default_manager.filter(**{model.USERNAME_FIELD: username}).first()
-        if user is None:
-            raise CommandError(f"unknown user {username!r}")
+        try:  # as Django's ModelBackend finds who signs in
+            user = model._default_manager.get_by_natural_key(username)
+        except model.DoesNotExist:
+            raise CommandError(f"unknown user {username!r}") from None
         if name is not None:
             name = name.strip()
             if not name or len(name) > 100:
