@@ -12,9 +12,10 @@ requests, then counts every function call on every thread
 counts as a call) over ``--requests`` more, one at a time. ``POST
 /api/notifications`` publishes to everyone with the staff token; any other
 path is a ``GET`` with it, and a stream (``/events/``) is left once it sent
-``ready``, so that its count is the opening and the closing. Prints the calls per request by package (notify,
-django, asgiref, redis, the standard library and the rest) and the busiest
-functions, and writes ``bench/results/calls-<time>.json``.
+``ready``, so that its count is the opening and the closing. Prints the calls
+per request by package (notify, django, asgiref, redis, the standard library
+and the rest) and the busiest functions, and writes
+``bench/results/calls-<time>.json``.
 """
 
 from __future__ import annotations

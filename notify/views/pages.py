@@ -47,7 +47,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
 @login_required
 @ensure_csrf_cookie
 def broadcast(request: HttpRequest) -> HttpResponse:
-    if not (request.user.is_active and getattr(request.user, "is_staff", False)):
+    if not is_staff(Caller(request.user)):
         raise PermissionDenied("The broadcast console is for staff.")
     username = accounts.names().username
     users = get_user_model()._default_manager.filter(is_active=True)
