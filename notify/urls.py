@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from notify.views import api, events, pages, service
 
@@ -21,4 +21,6 @@ urlpatterns = [
     ),
     path("healthz", service.healthz, name="healthz"),
     path("metrics", service.metrics_view, name="metrics"),
+    # Programs call these; a mistyped one is answered in JSON too.
+    re_path(r"^(?:api|events)/", api.no_such_endpoint, name="no-such-endpoint"),
 ]

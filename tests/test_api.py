@@ -526,3 +526,36 @@ async def test_a_wrong_method_is_405_json(admin, method, path):
     assert response.status_code == 405
     assert "error" in body(response)
     assert response["Allow"]
+
+
+# Unknown endpoints
+
+
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/notification",
+        "/api/notifications/",
+        "/api/notifications/abc/read",
+        "/api/notifications/1/read/again",
+        "/api/",
+        "/events/polling",
+        "/events/poll/",
+    ],
+)
+async def test_an_unknown_api_or_stream_path_is_a_json_404(users, method, path):
+    # Signed in by session, with CSRF checked: a POST without the token is a
+    # 404 still, not the CSRF failure page.
+    client = AsyncClient(enforce_csrf_checks=True)
+    await client.aforce_login(users["alice"])
+    response = await getattr(client, method)(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert body(response) == {"error": "no such endpoint"}
+
+
+async def test_other_unknown_paths_keep_the_sites_own_404_page(admin):
+    response = await admin.get("/no-such-page")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")

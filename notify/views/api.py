@@ -162,6 +162,13 @@ async def mark_read(
 
 
 @csrf_exempt
+async def no_such_endpoint(request: HttpRequest) -> HttpResponse:
+    """Any other path under ``api/`` or ``events/``: a JSON 404 for the
+    program that asked, not the site's HTML page, whatever the method."""
+    return error(404, "no such endpoint")
+
+
+@csrf_exempt
 @methods("POST")
 @authenticated
 async def mark_all_read(request: HttpRequest, caller: Caller) -> HttpResponse:
