@@ -1,6 +1,4 @@
-from django.conf import settings
 from django.contrib import admin
-from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import URLPattern, URLResolver, include, path
 
 urlpatterns: list[URLPattern | URLResolver] = [
@@ -12,6 +10,3 @@ urlpatterns: list[URLPattern | URLResolver] = [
 # Errors answer JSON, never an HTML page; a database that is busy or gone is a
 # 503 with Retry-After.
 handler500 = "notify.views.http.server_error"
-
-if settings.DEBUG:
-    urlpatterns += staticfiles_urlpatterns()

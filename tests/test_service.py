@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from tests.support.api import Client, body
 from tests.support.metrics import samples
-from tests.support.servers import UvicornServer, wait_for
+from tests.support.servers import ROOT, UvicornServer, wait_for
 
 
 async def test_healthz_reports_ok_with_the_memory_broker(users):
@@ -28,6 +28,22 @@ async def test_healthz_reports_ok_with_redis(start_server, redis_url):
         response = await client.get(server.url + "/healthz")
     assert response.status_code == 200
     assert body(response) == {"status": "ok", "broker": "redis", "database": "ok"}
+
+
+async def test_with_debug_on_static_files_are_served_without_warnings(start_server):
+    # The demo (scripts/run) serves static files itself; nginx does in the stack.
+    server = start_server(DEBUG="1", PYTHONWARNINGS="always")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        css = await client.get("/static/notify/css/notify.css")
+        admin_css = await client.get("/static/admin/css/base.css")
+        missing = await client.get("/static/notify/css/no-such.css")
+    assert css.status_code == 200
+    assert css.headers["Content-Type"].startswith("text/css")
+    assert css.content == (ROOT / "static" / "css" / "notify.css").read_bytes()
+    assert admin_css.status_code == 200
+    assert missing.status_code == 404
+    server.stop()
+    assert "Warning" not in server.output()
 
 
 def _unused_port() -> int:
