@@ -142,14 +142,17 @@ class Scenario:
         samples = {BASELINE: procstat.sample(pid, db)}
 
         checkpoints = [c for c in (FLAT_CHECKPOINT,) if BASELINE < c < plan.streams]
-        setup_cpu, opened_at = 0.0, time.monotonic()
+        setup_cpu = setup_loop_cpu = 0.0
+        opened_at = time.monotonic()
         for checkpoint in [*checkpoints, plan.streams]:
             if checkpoint == plan.streams:
                 await self.profiler.start(pid, f"{self.target.name}-{checkpoint}-setup")
             before = procstat.cpu_seconds(pid)
+            loop_before = procstat.main_thread_cpu_seconds(pid)
             async with asyncio.timeout(plan.open_timeout):
                 await streams.open(checkpoint)
             setup_cpu += procstat.cpu_seconds(pid) - before
+            setup_loop_cpu += procstat.main_thread_cpu_seconds(pid) - loop_before
             await self.profiler.stop()
             await asyncio.sleep(1)
             samples[checkpoint] = procstat.sample(pid, db)
@@ -186,6 +189,7 @@ class Scenario:
             "rss_per_stream_kib": (samples[n].rss_kb - samples[BASELINE].rss_kb)
             / (n - BASELINE),
             "setup_cpu_ms_per_stream": setup_cpu * 1000 / (n - BASELINE),
+            "setup_loop_cpu_ms_per_stream": setup_loop_cpu * 1000 / (n - BASELINE),
             "open_seconds": open_seconds,
             "publish_cpu_ms": publish_cpu * 1000,
             "publish_loop_cpu_ms": publish_loop_cpu * 1000,
