@@ -71,7 +71,7 @@ class Counter:
             self.calls[(code.co_filename, code.co_qualname)] += 1
 
 
-def _scope(path: str, token: str, body: bytes) -> dict[str, Any]:
+def asgi_scope(path: str, token: str, body: bytes) -> dict[str, Any]:
     headers = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode())]
     publish = path.rstrip("/") == "/api/notifications"
     if publish:
@@ -95,7 +95,7 @@ def _scope(path: str, token: str, body: bytes) -> dict[str, Any]:
     }
 
 
-async def _request(app: Any, scope: dict[str, Any], body: bytes) -> int:
+async def asgi_request(app: Any, scope: dict[str, Any], body: bytes) -> int:
     """One request through the application, as uvicorn would send it."""
     done = asyncio.Event()
     status: list[int] = []
@@ -123,14 +123,14 @@ async def _request(app: Any, scope: dict[str, Any], body: bytes) -> int:
 async def _count(args: argparse.Namespace, token: str, counter: Counter) -> None:
     from project.asgi import application
 
-    scope, body = _scope(args.path, token, BODY.encode()), BODY.encode()
+    scope, body = asgi_scope(args.path, token, BODY.encode()), BODY.encode()
     for _ in range(WARMUP):
-        if (status := await _request(application, dict(scope), body)) >= 400:
+        if (status := await asgi_request(application, dict(scope), body)) >= 400:
             raise RuntimeError(f"{args.path} answered {status}")
     await asyncio.sleep(0.2)  # the warm-ups' closes on the request threads
     counter.on = True
     for _ in range(args.requests):
-        await _request(application, dict(scope), body)
+        await asgi_request(application, dict(scope), body)
     await asyncio.sleep(0.2)
     counter.on = False
 
