@@ -24,21 +24,19 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import servers
-from bench.run import ROOT, _prepare_database, notify_env
+from bench import inprocess
+from bench.inprocess import BODY, asgi_request, asgi_scope
+from bench.run import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 WARMUP = 50
-BODY = json.dumps({"title": "Deploy at 5", "body": "All hands", "audience": "all"})
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,68 +69,27 @@ class Counter:
             self.calls[(code.co_filename, code.co_qualname)] += 1
 
 
-def asgi_scope(path: str, token: str, body: bytes) -> dict[str, Any]:
-    headers = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode())]
-    publish = path.rstrip("/") == "/api/notifications"
-    if publish:
-        headers += [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST" if publish else "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-
-async def asgi_request(app: Any, scope: dict[str, Any], body: bytes) -> int:
-    """One request through the application, as uvicorn would send it."""
-    done = asyncio.Event()
-    status: list[int] = []
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-        elif not message.get("more_body") or b"event: ready" in message["body"]:
-            done.set()  # the response, or a stream once open: the client leaves
-
-    async with asyncio.timeout(30):
-        await app(scope, receive, send)
-    return status[0]
-
-
 async def _count(args: argparse.Namespace, token: str, counter: Counter) -> None:
-    from project.asgi import application
+    # Before the first request: the request threads start with it, and
+    # threading.setprofile reaches only threads started after it.
+    sys.setprofile(counter)
+    threading.setprofile(counter)
+    try:
+        from project.asgi import application
 
-    scope, body = asgi_scope(args.path, token, BODY.encode()), BODY.encode()
-    for _ in range(WARMUP):
-        if (status := await asgi_request(application, dict(scope), body)) >= 400:
-            raise RuntimeError(f"{args.path} answered {status}")
-    await asyncio.sleep(0.2)  # the warm-ups' closes on the request threads
-    counter.on = True
-    for _ in range(args.requests):
-        await asgi_request(application, dict(scope), body)
-    await asyncio.sleep(0.2)
-    counter.on = False
+        scope, body = asgi_scope(args.path, token, BODY.encode()), BODY.encode()
+        for _ in range(WARMUP):
+            if (status := await asgi_request(application, dict(scope), body)) >= 400:
+                raise RuntimeError(f"{args.path} answered {status}")
+        await asyncio.sleep(0.2)  # the warm-ups' closes on the request threads
+        counter.on = True
+        for _ in range(args.requests):
+            await asgi_request(application, dict(scope), body)
+        await asyncio.sleep(0.2)
+        counter.on = False
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
 
 
 def _report(args: argparse.Namespace, counter: Counter) -> dict[str, Any]:
@@ -156,29 +113,8 @@ def _report(args: argparse.Namespace, counter: Counter) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    with tempfile.TemporaryDirectory(prefix="notify-calls-") as tmp:
-        workdir = Path(tmp)
-        redis, redis_url = asyncio.run(servers.start_redis(workdir))
-        try:
-            env = notify_env(workdir / "calls.sqlite3", redis_url)
-            seeded = _prepare_database(env, args.users, "token")
-            os.environ.update(env)
-            sys.path.insert(0, str(ROOT))
-            counter = Counter()
-            sys.setprofile(counter)
-            threading.setprofile(counter)  # the request threads start later
-            try:
-                import uvloop
-
-                uvloop.run(_count(args, seeded["publisher"], counter))
-            finally:
-                sys.setprofile(None)
-                threading.setprofile(None)  # type: ignore[arg-type]
-            from notify.tokens import write_used
-
-            write_used()  # now, while the database exists, not by its thread later
-        finally:
-            redis.stop()
+    counter = Counter()
+    inprocess.run(args.users, lambda token: _count(args, token, counter))
     report = _report(args, counter)
     print(f"{report['calls_per_request']:.0f} Python calls per request to {args.path}")
     for package, calls in report["by_package"].items():

@@ -31,16 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from bench import servers
-from bench.calls import BODY, asgi_request, asgi_scope
-from bench.run import ROOT, _prepare_database, notify_env
+from bench import inprocess
+from bench.inprocess import BODY, asgi_request, asgi_scope
+from bench.run import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 WARMUP = 50
@@ -97,24 +94,12 @@ async def _measure(args: argparse.Namespace, token: str) -> dict[str, list[float
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    with tempfile.TemporaryDirectory(prefix="notify-floors-") as tmp:
-        workdir = Path(tmp)
-        redis, redis_url = asyncio.run(servers.start_redis(workdir))
-        try:
-            env = notify_env(workdir / "floors.sqlite3", redis_url)
-            env["NOTIFY_PUBLISH_RATE"] = "1000000/s"
-            seeded = _prepare_database(env, args.users, "token")
-            env["DJANGO_SETTINGS_MODULE"] = "bench.floor_settings"
-            os.environ.update(env)
-            sys.path.insert(0, str(ROOT))
-            import uvloop
-
-            found = uvloop.run(_measure(args, seeded["publisher"]))
-            from notify.tokens import write_used
-
-            write_used()  # now, while the database exists, not by its thread later
-        finally:
-            redis.stop()
+    found = inprocess.run(
+        args.users,
+        lambda token: _measure(args, token),
+        settings="bench.floor_settings",
+        env={"NOTIFY_PUBLISH_RATE": "1000000/s"},
+    )
     medians = {path: statistics.median(values) for path, values in found.items()}
     floor = medians["/floor/empty"]
     rows = [
