@@ -21,6 +21,12 @@ urlpatterns = [
     ),
     path("healthz", service.healthz, name="healthz"),
     path("metrics", service.metrics_view, name="metrics"),
-    # Programs call these; a mistyped one is answered in JSON too.
-    re_path(r"^(?:api|events)/", api.no_such_endpoint, name="no-such-endpoint"),
+    # Programs call these; a mistyped one is answered in JSON too. Only under
+    # notify's own API paths: a host that includes notify at its root may
+    # have an api/ of its own further down its URLconf.
+    re_path(
+        r"^api/(?:notifications|broadcasts)(?:/|$)",
+        api.no_such_endpoint,
+        name="no-such-endpoint",
+    ),
 ]

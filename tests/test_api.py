@@ -535,16 +535,16 @@ async def test_a_wrong_method_is_405_json(admin, method, path):
 @pytest.mark.parametrize(
     "path",
     [
-        "/api/notification",
+        "/api/notifications/42",
         "/api/notifications/",
         "/api/notifications/abc/read",
         "/api/notifications/1/read/again",
-        "/api/",
-        "/events/polling",
-        "/events/poll/",
+        "/api/notifications/read-all/",
+        "/api/broadcasts",
+        "/api/broadcasts/recent/",
     ],
 )
-async def test_an_unknown_api_or_stream_path_is_a_json_404(users, method, path):
+async def test_an_unknown_path_under_the_api_is_a_json_404(users, method, path):
     # Signed in by session, with CSRF checked: a POST without the token is a
     # 404 still, not the CSRF failure page.
     client = AsyncClient(enforce_csrf_checks=True)
@@ -555,7 +555,18 @@ async def test_an_unknown_api_or_stream_path_is_a_json_404(users, method, path):
     assert body(response) == {"error": "no such endpoint"}
 
 
-async def test_other_unknown_paths_keep_the_sites_own_404_page(admin):
-    response = await admin.get("/no-such-page")
+@pytest.mark.parametrize("path", ["/no-such-page", "/api/", "/api/orders", "/events/x"])
+async def test_other_unknown_paths_keep_the_sites_own_404_page(admin, path):
+    response = await admin.get(path)
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+@override_settings(ROOT_URLCONF="tests.support.root_host_urls")
+async def test_a_host_with_notify_at_its_root_keeps_its_own_api(admin):
+    own = await admin.get("/api/orders")
+    assert own.status_code == 200
+    assert own.content == b"the host's orders"
+    ours = await admin.get("/api/notifications/nope")
+    assert ours.status_code == 404
+    assert body(ours) == {"error": "no such endpoint"}
