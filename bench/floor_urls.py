@@ -16,12 +16,14 @@ def _nothing() -> None:
 
 
 async def empty(request: HttpRequest) -> JsonResponse:
-    """Django's request handling and notify's middleware, and nothing else."""
+    """Django's request handling and notify's middleware, and nothing else
+    (the response's close, with Django's request signals, is handed to the
+    request's thread as for every response)."""
     return JsonResponse({})
 
 
 async def thread(request: HttpRequest) -> JsonResponse:
-    """The same, plus one trip to the request's thread."""
+    """The same, plus one trip to the request's thread and back."""
     await sync_to_async(_nothing)()
     return JsonResponse({})
 

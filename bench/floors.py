@@ -9,10 +9,10 @@ application into this process, with the demo's URLconf plus three floors
 (``bench/floor_urls.py``):
 
 - ``/floor/empty``: an async view that answers ``{}``: Django's request
-  handling, notify's ASGI handler and middleware, nothing else;
-- ``/floor/thread``: the same plus one trip to the request's thread (the first
-  trip of a request also runs the ``request_started`` receivers, as it does
-  for every request that uses the database);
+  handling, notify's ASGI handler and middleware, and the response's close,
+  handed to the request's thread (where Django's ``request_started`` and
+  ``request_finished`` receivers run), nothing else;
+- ``/floor/thread``: the same plus one trip to the request's thread and back;
 - ``/floor/redis``: the same as ``empty`` plus one Redis round trip (PING).
 
 Then, in ``--rounds`` rounds, it sends ``--requests`` of each of these, of

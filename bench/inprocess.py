@@ -40,13 +40,11 @@ def run(
             sys.path.insert(0, str(ROOT))
             import uvloop
 
-            try:
-                return uvloop.run(measure(seeded["publisher"]))
-            finally:
-                from notify.tokens import write_used
+            found = uvloop.run(measure(seeded["publisher"]))
+            from notify.tokens import write_used
 
-                # Now, while the database exists, not by its thread later.
-                write_used()
+            write_used()  # now, while the database exists, not by its thread later
+            return found
         finally:
             redis.stop()
 

@@ -94,7 +94,7 @@ async def _phase(
         "requests": done,
         "per_second": done / elapsed,
         "cpu_ms_per_request": cpu / done * 1000 if done else None,
-        # Of which the event loop's thread; the rest is the request threads'.
+        # Of which the event loop's thread; the rest is the other threads'.
         "loop_cpu_ms_per_request": loop / done * 1000 if done else None,
         "p50_ms": cuts[49] * 1000,
         "p99_ms": cuts[98] * 1000,

@@ -110,7 +110,7 @@ def _gc_share(r: R) -> str:
 
 
 def _publish_cpu(r: R) -> str:
-    return _with_loop(r["publish_cpu_ms"], r.get("publish_loop_cpu_ms"), 1)
+    return _with_loop(r["publish_cpu_ms"], r.get("publish_loop_cpu_ms"), 2)
 
 
 def _setup_cpu(r: R) -> str:

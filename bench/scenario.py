@@ -134,7 +134,7 @@ class Scenario:
             await self._publish(port)
             await self._wait_delivered(streams, 1)
         publish_cpu = (procstat.cpu_seconds(publisher) - probe_start) / PROBE_PUBLISHES
-        # Of which the event loop's thread; the rest is the request threads'.
+        # Of which the event loop's thread; the rest is the other threads'.
         publish_loop_cpu = (
             procstat.main_thread_cpu_seconds(publisher) - loop_start
         ) / PROBE_PUBLISHES

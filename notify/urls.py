@@ -27,6 +27,5 @@ urlpatterns = [
     re_path(
         r"^api/(?:notifications|broadcasts)(?:/|$)",
         api.no_such_endpoint,
-        name="no-such-endpoint",
     ),
 ]

@@ -4,7 +4,9 @@ With ``DEBUG`` on (the demo, ``scripts/run``) static files are served here,
 by Django's ``ASGIStaticFilesHandler``, as nginx serves them in the stack. It
 reads each file on a thread and hands it on as an asynchronous iterator, where
 the ``serve`` view would return a ``FileResponse`` that Django's ASGI handling
-warns about ("StreamingHttpResponse must consume synchronous iterators").
+warns about ("StreamingHttpResponse must consume synchronous iterators"). Those
+requests go through Django's own ASGI handler, not notify's, and not through
+the middleware: enough for the demo, not for production.
 """
 
 import os
