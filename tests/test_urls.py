@@ -178,3 +178,5 @@ async def test_the_inbox_under_a_prefix_goes_live_and_signs_out_to_the_hosts_log
     await page.wait_for_url(re.compile(r"/site/accounts/login/\?next="), timeout=5000)
     await context.close()
     assert errors == []
+    # The page's styles and scripts came from the host's static view, quietly.
+    assert "Warning" not in host.output()
