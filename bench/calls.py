@@ -32,11 +32,10 @@ from types import FrameType
 from typing import Any
 
 from bench import inprocess
-from bench.inprocess import BODY, asgi_request, asgi_scope
+from bench.inprocess import BODY, asgi_request, asgi_scope, warm_up
 from bench.run import ROOT
 
 RESULTS = ROOT / "bench" / "results"
-WARMUP = 50
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,10 +77,7 @@ async def _count(args: argparse.Namespace, token: str, counter: Counter) -> None
         from project.asgi import application
 
         scope, body = asgi_scope(args.path, token, BODY.encode()), BODY.encode()
-        for _ in range(WARMUP):
-            if (status := await asgi_request(application, dict(scope), body)) >= 400:
-                raise RuntimeError(f"{args.path} answered {status}")
-        await asyncio.sleep(0.2)  # the warm-ups' closes on the request threads
+        await warm_up(application, {args.path: scope}, body)
         counter.on = True
         for _ in range(args.requests):
             await asgi_request(application, dict(scope), body)

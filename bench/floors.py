@@ -36,11 +36,10 @@ import sys
 import time
 
 from bench import inprocess
-from bench.inprocess import BODY, asgi_request, asgi_scope
+from bench.inprocess import BODY, asgi_request, asgi_scope, warm_up
 from bench.run import ROOT
 
 RESULTS = ROOT / "bench" / "results"
-WARMUP = 50
 PATHS = (
     "/floor/empty",
     "/floor/thread",
@@ -72,11 +71,7 @@ async def _measure(args: argparse.Namespace, token: str) -> dict[str, list[float
 
     body = BODY.encode()
     scopes = {path: asgi_scope(path, token, body) for path in PATHS}
-    for path, scope in scopes.items():
-        for _ in range(WARMUP):
-            if (status := await asgi_request(application, dict(scope), body)) >= 400:
-                raise RuntimeError(f"{path} answered {status}")
-    await asyncio.sleep(0.2)  # the warm-ups' closes on the request threads
+    await warm_up(application, scopes, body)
     gap, n = args.gap_ms / 1000, args.requests
     found: dict[str, list[float]] = {path: [] for path in PATHS}
     for _ in range(args.rounds):
