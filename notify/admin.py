@@ -156,6 +156,8 @@ class NotificationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 class APITokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("name", "user", "can_publish", "created_at", "last_used_at")
     list_filter = ("can_publish",)
+    # USERNAME_FIELD itself, not accounts.names(): the admin is loaded before
+    # notify checks the user model, whose clear error names() would hide.
     search_fields = ("name", f"user__{get_user_model().USERNAME_FIELD}")
     readonly_fields = ("key_hash", "created_at", "last_used_at")
 

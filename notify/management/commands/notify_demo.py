@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
+from notify import accounts
 from notify.models import APIToken
 from notify.tokens import create_token
 
@@ -46,7 +47,7 @@ class Command(BaseCommand):
     def _user(self, username: str) -> str:
         staff, groups = DEMO_USERS[username]
         model = get_user_model()
-        lookup: dict[str, Any] = {model.USERNAME_FIELD: username}
+        lookup: dict[str, Any] = {accounts.names().username: username}
         user, _ = model._default_manager.get_or_create(**lookup)
         password = secrets.token_urlsafe(12)
         user.set_password(password)
