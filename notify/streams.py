@@ -140,7 +140,6 @@ async def event_stream(
 
     ``since``: the loop time before its credential was read (revocations
     that arrive after it apply to this stream)."""
-    yield _prelude()
     broker = get_broker()
     heartbeat = conf.heartbeat_seconds
     viewer = opening.viewer
@@ -157,9 +156,9 @@ async def event_stream(
             if since is not None:
                 checker.missed(sub, since)
             del checker
-            head = b""
+            head = _prelude()
             if opening.reset:
-                head = sse.event("reset", {"reason": opening.reset})
+                head += sse.event("reset", {"reason": opening.reset})
             beat = int(heartbeat) if heartbeat.is_integer() else heartbeat
             ready = {"last_id": opening.last_id, "heartbeat": beat}
             yield head + sse.event("ready", ready)

@@ -58,6 +58,14 @@ class Stream:
         self.chunks.append(body)
         return body
 
+    async def prelude(self) -> bytes:
+        """The padding comment and the retry hint that open the stream; the
+        events sent in the same write are left for :meth:`blocks`."""
+        first = await self.chunk()
+        end = first.index(b"\n\n", first.index(b"retry: ")) + 2
+        self._buffer += first[end:]
+        return first[:end]
+
     async def blocks(self, count: int) -> list[str]:
         """The next ``count`` event blocks (text between blank lines)."""
         found: list[str] = []
@@ -99,9 +107,10 @@ async def test_stream_headers_and_prelude(tokens):
         assert stream.headers["cache-control"] == "no-cache, no-store, no-transform"
         assert stream.headers["x-accel-buffering"] == "no"
         assert "content-encoding" not in stream.headers
-        # The prelude goes out before the stream touches the database.
-        assert await stream.chunk() == sse.padding(2048) + b"retry: 3000\n\n"
-        assert await stream.blocks(1) == [_ready(0)]
+        # The prelude and ready go out together: one write, not two.
+        assert await stream.chunk() == (
+            sse.padding(2048) + b"retry: 3000\n\n" + _ready(0).encode() + b"\n\n"
+        )
 
 
 @pytest.mark.parametrize("padding", [0, 1, 64, 4096])
@@ -109,7 +118,7 @@ async def test_padding_setting_sizes_the_first_comment(tokens, settings, padding
     settings.NOTIFY_PADDING_BYTES = padding
     settings.NOTIFY_RETRY_MS = 1500
     async with open_stream(tokens["alice"]) as stream:
-        first = await stream.chunk()
+        first = await stream.prelude()
     assert first == sse.padding(padding) + b"retry: 1500\n\n"
     assert len(first) == padding + len(b"retry: 1500\n\n")
 
@@ -118,13 +127,13 @@ async def test_ready_names_the_newest_notification_the_user_can_see(tokens, user
     everyone = await apublish(title="for all")
     await apublish(title="for bob", audience={"users": ["bob"]})
     async with open_stream(tokens["alice"]) as stream:
-        await stream.chunk()
+        await stream.prelude()
         assert await stream.blocks(1) == [_ready(everyone.id)]
 
 
 async def test_live_notifications_are_framed_with_their_id_in_order(tokens, users):
     async with open_stream(tokens["alice"]) as stream:
-        await stream.chunk()
+        await stream.prelude()
         await stream.blocks(1)
         published = [
             await apublish(title=f"n{i}", body="line one\r\nline two\n\ndata: x")
@@ -140,7 +149,7 @@ async def test_live_notifications_are_framed_with_their_id_in_order(tokens, user
 async def test_read_state_changes_are_events_without_an_id(tokens, users):
     alice: User = users["alice"]
     async with open_stream(tokens["alice"]) as stream:
-        await stream.chunk()
+        await stream.prelude()
         await stream.blocks(1)
         note = await apublish(title="read me")
         (framed,) = await stream.blocks(1)
@@ -153,7 +162,7 @@ async def test_read_state_changes_are_events_without_an_id(tokens, users):
 async def test_disconnect_releases_the_subscription(tokens, users, when):
     open_before = metrics.OPEN_STREAMS.value
     async with open_stream(tokens["bob"]) as stream:
-        await stream.chunk()
+        await stream.prelude()
         if when != "before_ready":
             assert await stream.blocks(1) == [_ready(0)]
             assert len(get_broker().fanout.subscriptions) == 1
@@ -171,10 +180,10 @@ async def test_disconnect_releases_the_subscription(tokens, users, when):
 
 async def test_streams_are_released_independently(tokens, users):
     async with open_stream(tokens["alice"]) as alice:
-        await alice.chunk()
+        await alice.prelude()
         await alice.blocks(1)
         async with open_stream(tokens["bob"]) as bob:
-            await bob.chunk()
+            await bob.prelude()
             await bob.blocks(1)
             assert len(get_broker().fanout.subscriptions) == 2
         assert len(get_broker().fanout.subscriptions) == 1
