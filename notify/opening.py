@@ -30,7 +30,7 @@ from django.http import HttpRequest
 from notify.conf import conf
 from notify.credentials import Identity, identify
 from notify.models import Notification, RetentionMark
-from notify.prepared import Prepared
+from notify.prepared import Prepared, one_cursor
 from notify.visibility import Viewer, load_viewer, newest_visible_id
 
 CURSOR_EXPIRED = "cursor-expired"
@@ -78,11 +78,37 @@ _PRUNED_THROUGH = Prepared(
 )
 
 
+class _Reads:
+    """What every opening of a batch shares: the newest id of all, read once
+    before any viewer's newest (see :func:`open_stream`), and the retention
+    mark, read when a cursor first needs it."""
+
+    __slots__ = ("_latest", "_pruned_through")
+
+    def __init__(self) -> None:
+        self._latest: int | None = None
+        self._pruned_through: int | None = None
+
+    @property
+    def latest(self) -> int:
+        if self._latest is None:
+            self._latest = int(_LATEST.value(default=0))
+        return self._latest
+
+    @property
+    def pruned_through(self) -> int:
+        if self._pruned_through is None:
+            self._pruned_through = int(_PRUNED_THROUGH.value(default=0))
+        return self._pruned_through
+
+
 def open_stream(
-    request: HttpRequest, cursor: int | None
+    request: HttpRequest, cursor: int | None, reads: _Reads | None = None
 ) -> tuple[Identity, Opening | None]:
     """Authenticate the request and find where its stream starts; the
-    opening is None when nobody is authenticated."""
+    opening is None when nobody is authenticated. ``reads``: shared with the
+    other openings of a batch."""
+    reads = reads or _Reads()
     identity = identify(request)
     if not identity.user_id:
         return identity, None
@@ -90,14 +116,15 @@ def open_stream(
     viewer = load_viewer(user_id)
     # The newest of all first: each read is its own snapshot, and an id
     # committed between them must be above ``latest`` (then a stream that
-    # sees it dispatched reads the database) or at most ``newest``.
-    latest = _LATEST.value(default=0)
+    # sees it dispatched reads the database) or at most ``newest``. A batch
+    # reads ``latest`` once, before the first of its viewers' newest ids.
+    latest = reads.latest
     newest = newest_visible_id(user_id)
     reset = None
     if cursor is not None and cursor > latest:
         # A restored database, or another deployment's id: start from now.
         reset, cursor = CURSOR_AHEAD, None
-    elif cursor and cursor < _PRUNED_THROUGH.value(default=0):
+    elif cursor and cursor < reads.pruned_through:
         reset, cursor = CURSOR_EXPIRED, 0
     return identity, Opening(
         viewer, newest, latest, cursor, reset, identity.credential, identity.expires
@@ -124,11 +151,13 @@ def _open_batch(
     # that broke or grew too old before using it.
     close_old_connections()
     results: list[tuple[bool, Any]] = []
-    for request, cursor in items:
-        try:
-            results.append((True, open_stream(request, cursor)))
-        except Exception as exc:
-            results.append((False, exc))
+    reads = _Reads()
+    with one_cursor():
+        for request, cursor in items:
+            try:
+                results.append((True, open_stream(request, cursor, reads)))
+            except Exception as exc:
+                results.append((False, exc))
     return results
 
 

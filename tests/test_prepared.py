@@ -4,17 +4,18 @@ notify/insertion.py) give what the ORM gives, on every database backend."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.db import models
+from django.db import Error, connection, models
 from django.db.models import Value
 from django.db.models.signals import post_save, pre_save
 from django.test.utils import isolate_apps
 
 from notify.insertion import PreparedInsert
 from notify.models import APIToken, Notification
-from notify.prepared import Prepared
+from notify.prepared import Prepared, one_cursor
 
 pytestmark = pytest.mark.django_db
 
@@ -174,3 +175,28 @@ def test_a_model_with_auto_now_fields_is_refused():
 
     with pytest.raises(TypeError, match="auto_now"):
         PreparedInsert(Stamped)
+
+
+def test_prepared_queries_inside_one_cursor_share_it():
+    count = Prepared(lambda pk: Notification.objects.filter(pk__gte=pk), [int])
+    seen: list[Any] = []
+
+    def note(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(context["cursor"])
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(note):
+        count.rows(0)
+        count.rows(0)
+        with one_cursor():
+            count.rows(1)
+            with one_cursor():  # nested: still the same one
+                count.rows(2)
+            count.rows(3)
+        count.rows(4)
+    outside_before, outside_again, *inside, outside_after = seen
+    assert outside_before is not outside_again
+    assert len(inside) == 3 and inside[0] is inside[1] is inside[2]
+    assert outside_after is not inside[0]
+    with pytest.raises(Error):  # closed with the block
+        inside[0].execute("SELECT 1")
