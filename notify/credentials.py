@@ -100,6 +100,9 @@ def _session_query() -> Prepared:
     )
 
 
+_USING = "default"  # where the prepared queries run
+
+
 @cache
 def _user_query() -> Prepared:
     user_model = auth.get_user_model()
@@ -116,15 +119,26 @@ def _session_store() -> type[SessionBase]:
     return store
 
 
-def _fast_path_applies() -> bool:
-    user_model: Any = auth.get_user_model()
+def _fast_path_applies(user_model: Any) -> bool:
+    return _fast_path_for(settings.SESSION_ENGINE, user_model)
+
+
+@cache
+def _fast_path_for(engine: str, user_model: Any) -> bool:
     fields = {f.name for f in user_model._meta.concrete_fields}
     return (
-        settings.SESSION_ENGINE == DB_SESSIONS
+        engine == DB_SESSIONS
         and isinstance(user_model._meta.pk, models.AutoField | models.IntegerField)
         and {"password", "is_active"} <= fields
         and user_model.get_session_auth_hash is AbstractBaseUser.get_session_auth_hash
     )
+
+
+@cache
+def _in_field_order(model: Any, attnames: tuple[str, ...]) -> list[str]:
+    """``attnames`` in the order of the model's columns, as ``from_db`` reads
+    its values."""
+    return [f.attname for f in model._meta.concrete_fields if f.attname in attnames]
 
 
 _NOBODY = (0, None)
@@ -132,7 +146,8 @@ _NOBODY = (0, None)
 
 def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
     """The session's user id (0 for nobody) and expiry, or None: ask Django."""
-    if not _fast_path_applies():
+    user_model: Any = auth.get_user_model()
+    if not _fast_path_applies(user_model):
         return None
     if not key or "\x00" in key:  # no session has NUL in its key
         return _NOBODY
@@ -152,7 +167,6 @@ def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
         type(backend).get_user is not ModelBackend.get_user
     ):
         return None
-    user_model: Any = auth.get_user_model()
     try:
         pk = int(user_model._meta.pk.to_python(user_key))
     except (TypeError, ValueError, ValidationError):
@@ -161,7 +175,12 @@ def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
     if not row:
         return _NOBODY  # the user is gone: Django's get_user finds None
     password, is_active = row[0]
-    user = user_model(pk=pk, password=password, is_active=bool(is_active))
+    # As loaded from the database, its other fields deferred (read on first
+    # use, as after a queryset's only()): no defaults built for them.
+    loaded = {user_model._meta.pk.attname: pk, "password": password}
+    loaded["is_active"] = bool(is_active)
+    names = _in_field_order(user_model, tuple(loaded))
+    user = user_model.from_db(_USING, names, [loaded[name] for name in names])
     if not backend.user_can_authenticate(user):
         return _NOBODY
     session_hash = session.get(auth.HASH_SESSION_KEY)

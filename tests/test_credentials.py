@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
@@ -130,3 +131,23 @@ def test_another_session_engine_is_left_to_django(alice, settings):
     request = _request(HTTP_COOKIE=f"sessionid={store.session_key}")
     request.session = CookieStore(store.session_key)
     assert identify(request) == Identity(alice.pk)
+
+
+class StaffOnlyBackend(ModelBackend):
+    """Reads a field the session check does not load."""
+
+    def user_can_authenticate(self, user: Any) -> bool:
+        return bool(super().user_can_authenticate(user) and user.is_staff)
+
+
+@pytest.mark.parametrize("staff", [True, False])
+def test_a_backend_that_reads_other_fields_of_the_user_decides(alice, settings, staff):
+    backend = f"{__name__}.StaffOnlyBackend"
+    settings.AUTHENTICATION_BACKENDS = [backend]
+    User.objects.filter(pk=alice.pk).update(is_staff=staff)
+    client = Client()
+    client.force_login(alice, backend=backend)
+    key = client.cookies["sessionid"].value
+    expected = alice.pk if staff else 0
+    assert identify(_with_session(key)).user_id == expected
+    assert _django_user_id(key) == expected
