@@ -52,6 +52,15 @@ def names() -> Names:
     )
 
 
+@cache
+def memberships() -> Any:
+    """The user model's join table to its groups (``User.groups.through``),
+    whose columns ``names()`` gives as ``member_user`` and ``member_group``."""
+    addressed = Notification._meta.get_field("users")
+    model: Any = addressed.remote_field.model
+    return model._meta.get_field("groups").remote_field.through
+
+
 def _column(field: models.ManyToManyField[Any, Any], name: str) -> str:
     """The attribute of the join table's foreign key ``name`` (``user_id``)."""
     through: Any = field.remote_field.through

@@ -16,6 +16,7 @@ fails when the Django code mirrored here changes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -34,7 +35,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from notify.models import APIToken
-from notify.prepared import Prepared
+from notify.prepared import PreparedIn
 from notify.tokens import bearer_secret, hash_token, touch
 
 DB_SESSIONS = "django.contrib.sessions.backends.db"
@@ -56,30 +57,60 @@ class Identity:
     expires: float | None = field(default=None, compare=False)
 
 
-_TOKEN_USER = Prepared(
-    lambda key_hash: APIToken.objects.filter(
-        key_hash=key_hash, user__is_active=True
-    ).values_list("user_id", "id"),
-    [str],
+_TOKEN_USERS = PreparedIn(
+    lambda key_hashes: APIToken.objects.filter(
+        key_hash__in=key_hashes, user__is_active=True
+    ).values_list("key_hash", "user_id", "id"),
+    str,
 )
 
 
 def identify(request: HttpRequest) -> Identity:
     """Bearer token first; otherwise the session. An invalid token never
     falls back to the session (the same rule as ``permissions.acaller``)."""
-    secret = bearer_secret(request)
-    if secret is not None:
-        rows = _TOKEN_USER.rows(hash_token(secret)) if secret else []
-        if not rows:
-            return Identity(0, by_token=True, bad_token=True)
-        user_id, token_id = rows[0]
-        touch(hash_token(secret))
-        return Identity(int(user_id), by_token=True, credential=int(token_id))
-    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
-    fast = _session_user_id(key)
-    if fast is not None:
-        user_id, expires = fast
-        return Identity(user_id, credential=key, expires=expires)
+    return identify_all([request])[0]
+
+
+def identify_all(requests: Sequence[HttpRequest]) -> list[Identity]:
+    """:func:`identify` for several requests: the same answers, each lookup
+    made once for all of them (tokens, sessions, their users) rather than
+    once per request."""
+    found: list[Identity | None] = [None] * len(requests)
+    secrets: dict[int, str] = {}
+    keys: dict[int, str | None] = {}
+    for i, request in enumerate(requests):
+        secret = bearer_secret(request)
+        if secret is None:
+            keys[i] = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+        elif secret:
+            secrets[i] = hash_token(secret)
+        else:
+            found[i] = Identity(0, by_token=True, bad_token=True)
+    if secrets:
+        hashes = sorted(set(secrets.values()))
+        tokens = {h: (u, t) for h, u, t in _TOKEN_USERS.rows(hashes)}
+        for i, key_hash in secrets.items():
+            token = tokens.get(key_hash)
+            if token is None:
+                found[i] = Identity(0, by_token=True, bad_token=True)
+                continue
+            touch(key_hash)
+            user_id, token_id = token
+            found[i] = Identity(int(user_id), by_token=True, credential=int(token_id))
+    if keys:
+        sessions = _session_users(set(keys.values()))
+        for i, key in keys.items():
+            fast = sessions[key]
+            if fast is None:
+                found[i] = _django_identity(requests[i], key)
+            else:
+                found[i] = Identity(fast[0], credential=key, expires=fast[1])
+    identities = [identity for identity in found if identity is not None]
+    assert len(identities) == len(requests)  # one answer each, in order
+    return identities
+
+
+def _django_identity(request: HttpRequest, key: str | None) -> Identity:
     user = auth.get_user(request)
     if not (user.is_authenticated and getattr(user, "is_active", True)):
         return Identity(0)
@@ -90,13 +121,14 @@ def identify(request: HttpRequest) -> Identity:
 
 
 @cache
-def _session_query() -> Prepared:
+def _sessions_query() -> PreparedIn:
     model = _session_store().get_model_class()  # type: ignore[attr-defined]
-    return Prepared(
-        lambda key, now: model.objects.filter(
-            session_key=key, expire_date__gt=now
-        ).values_list("session_data", "expire_date"),
-        [str, datetime],
+    return PreparedIn(
+        lambda keys, now: model.objects.filter(
+            session_key__in=keys, expire_date__gt=now
+        ).values_list("session_key", "session_data", "expire_date"),
+        str,
+        [datetime],
     )
 
 
@@ -104,13 +136,13 @@ _USING = "default"  # where the prepared queries run
 
 
 @cache
-def _user_query() -> Prepared:
+def _users_query() -> PreparedIn:
     user_model = auth.get_user_model()
-    return Prepared(
-        lambda pk: user_model._default_manager.filter(pk=pk).values_list(
-            "password", "is_active"
+    return PreparedIn(
+        lambda pks: user_model._default_manager.filter(pk__in=pks).values_list(
+            "pk", "password", "is_active"
         ),
-        [int],
+        int,
     )
 
 
@@ -146,16 +178,68 @@ _NOBODY = (0, None)
 
 def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
     """The session's user id (0 for nobody) and expiry, or None: ask Django."""
+    return _session_users({key})[key]
+
+
+_ASK_DJANGO = None
+
+
+def _session_users(
+    keys: set[str | None],
+) -> dict[str | None, tuple[int, float | None] | None]:
+    """For each session key: its user id (0 for nobody) and expiry, or None
+    (ask Django). Two queries however many keys: the sessions, their users."""
     user_model: Any = auth.get_user_model()
     if not _fast_path_applies(user_model):
-        return None
-    if not key or "\x00" in key:  # no session has NUL in its key
-        return _NOBODY
-    rows = _session_query().rows(key, timezone.now())
-    if not rows:
-        return _NOBODY  # no such session, or expired: Django's load() finds {}
-    data, expire_date = rows[0]
-    session = _session_store()().decode(data)
+        return dict.fromkeys(keys, _ASK_DJANGO)
+    found: dict[str | None, tuple[int, float | None] | None] = {}
+    lookup = []
+    for key in keys:
+        if not key or "\x00" in key:  # no session has NUL in its key
+            found[key] = _NOBODY
+        else:
+            lookup.append(key)
+    rows = _sessions_query().rows(sorted(lookup), timezone.now()) if lookup else []
+    stored = {key: (data, expire_date) for key, data, expire_date in rows}
+    claims: dict[str, tuple[_Claim, datetime]] = {}  # awaiting the user's row
+    for key in lookup:
+        if key not in stored:
+            found[key] = _NOBODY  # no such session, or expired: load() finds {}
+            continue
+        data, expire_date = stored[key]
+        claim = _claim(_session_store()().decode(data), user_model)
+        if isinstance(claim, _Claim):
+            claims[key] = (claim, expire_date)
+        else:
+            found[key] = claim
+    users_rows = _users_query().rows(sorted({c.pk for c, _ in claims.values()}))
+    users = {pk: (password, active) for pk, password, active in users_rows}
+    for key, (claim, expire_date) in claims.items():
+        if claim.pk not in users:
+            found[key] = _NOBODY  # the user is gone: Django's get_user finds None
+            continue
+        verdict = _verify(claim, users[claim.pk], user_model)
+        if verdict:
+            found[key] = (claim.pk, expire_date.timestamp())
+        else:
+            found[key] = _ASK_DJANGO if verdict is None else _NOBODY
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """A decoded session's user, and the backend that logged it in."""
+
+    session: dict[str, Any]
+    backend: ModelBackend
+    pk: int
+
+
+def _claim(
+    session: dict[str, Any], user_model: Any
+) -> _Claim | tuple[int, float | None] | None:
+    """Whom a decoded session names, by which backend; or the answer
+    already: nobody (``_NOBODY``), or None (ask Django)."""
     user_key = session.get(auth.SESSION_KEY)
     backend_path = session.get(auth.BACKEND_SESSION_KEY)
     if user_key is None or backend_path is None:
@@ -166,29 +250,32 @@ def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
     if not isinstance(backend, ModelBackend) or (
         type(backend).get_user is not ModelBackend.get_user
     ):
-        return None
+        return _ASK_DJANGO
     try:
         pk = int(user_model._meta.pk.to_python(user_key))
     except (TypeError, ValueError, ValidationError):
-        return None
-    row = _user_query().rows(pk)
-    if not row:
-        return _NOBODY  # the user is gone: Django's get_user finds None
-    password, is_active = row[0]
+        return _ASK_DJANGO
+    return _Claim(session, backend, pk)
+
+
+def _verify(claim: _Claim, row: tuple[str, Any], user_model: Any) -> bool | None:
+    """True when the session's hash is its user's, False when the backend
+    refuses the user, None otherwise (ask Django)."""
+    password, is_active = row
     # As loaded from the database, its other fields deferred (read on first
     # use, as after a queryset's only()): no defaults built for them.
-    loaded = {user_model._meta.pk.attname: pk, "password": password}
+    loaded = {user_model._meta.pk.attname: claim.pk, "password": password}
     loaded["is_active"] = bool(is_active)
     names = _in_field_order(user_model, tuple(loaded))
     user = user_model.from_db(_USING, names, [loaded[name] for name in names])
-    if not backend.user_can_authenticate(user):
-        return _NOBODY
-    session_hash = session.get(auth.HASH_SESSION_KEY)
+    if not claim.backend.user_can_authenticate(user):
+        return False
+    session_hash = claim.session.get(auth.HASH_SESSION_KEY)
     if session_hash and constant_time_compare(
         session_hash, user.get_session_auth_hash()
     ):
-        return pk, expire_date.timestamp()
-    return None  # Django decides: a fallback key (and a new session key) or a flush
+        return True
+    return None  # a fallback key (and a new session key) or a flush
 
 
 def session_user(key: str) -> tuple[int, float | None]:

@@ -28,10 +28,10 @@ from django.db import close_old_connections, connections
 from django.http import HttpRequest
 
 from notify.conf import conf
-from notify.credentials import Identity, identify
+from notify.credentials import Identity, identify, identify_all
 from notify.models import Notification, RetentionMark
 from notify.prepared import Prepared, one_cursor
-from notify.visibility import Viewer, load_viewer, newest_visible_id
+from notify.visibility import Viewer, load_viewer, load_viewers, newest_visible_id
 
 CURSOR_EXPIRED = "cursor-expired"
 CURSOR_AHEAD = "cursor-ahead"
@@ -108,27 +108,47 @@ def open_stream(
     """Authenticate the request and find where its stream starts; the
     opening is None when nobody is authenticated. ``reads``: shared with the
     other openings of a batch."""
-    reads = reads or _Reads()
     identity = identify(request)
     if not identity.user_id:
         return identity, None
-    user_id = identity.user_id
-    viewer = load_viewer(user_id)
+    viewer = load_viewer(identity.user_id)
+    return identity, _start(identity, viewer, cursor, reads or _Reads())
+
+
+def _start(
+    identity: Identity, viewer: Viewer, cursor: int | None, reads: _Reads
+) -> Opening:
     # The newest of all first: each read is its own snapshot, and an id
     # committed between them must be above ``latest`` (then a stream that
     # sees it dispatched reads the database) or at most ``newest``. A batch
     # reads ``latest`` once, before the first of its viewers' newest ids.
     latest = reads.latest
-    newest = newest_visible_id(user_id)
+    newest = newest_visible_id(identity.user_id)
     reset = None
     if cursor is not None and cursor > latest:
         # A restored database, or another deployment's id: start from now.
         reset, cursor = CURSOR_AHEAD, None
     elif cursor and cursor < reads.pruned_through:
         reset, cursor = CURSOR_EXPIRED, 0
-    return identity, Opening(
+    return Opening(
         viewer, newest, latest, cursor, reset, identity.credential, identity.expires
     )
+
+
+def open_streams(
+    items: list[tuple[HttpRequest, int | None]],
+) -> list[tuple[Identity, Opening | None]]:
+    """:func:`open_stream` for several requests: credentials and groups are
+    each read in one query for all of them, and the newest id of all once."""
+    identities = identify_all([request for request, _ in items])
+    viewers = load_viewers({i.user_id for i in identities if i.user_id})
+    reads = _Reads()
+    return [
+        (identity, _start(identity, viewers[identity.user_id], cursor, reads))
+        if identity.user_id
+        else (identity, None)
+        for identity, (_, cursor) in zip(identities, items, strict=True)
+    ]
 
 
 _BATCH = 64
@@ -150,15 +170,20 @@ def _open_batch(
     # What request_started does for a request's thread: drop a connection
     # that broke or grew too old before using it.
     close_old_connections()
-    results: list[tuple[bool, Any]] = []
-    reads = _Reads()
     with one_cursor():
-        for request, cursor in items:
-            try:
-                results.append((True, open_stream(request, cursor, reads)))
-            except Exception as exc:
-                results.append((False, exc))
-    return results
+        try:
+            return [(True, opened) for opened in open_streams(items)]
+        except Exception:
+            # One at a time then, so that what failed fails alone (a
+            # session backend that raised, a database that went away).
+            results: list[tuple[bool, Any]] = []
+            reads = _Reads()
+            for request, cursor in items:
+                try:
+                    results.append((True, open_stream(request, cursor, reads)))
+                except Exception as exc:
+                    results.append((False, exc))
+            return results
 
 
 class Opener:

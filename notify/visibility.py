@@ -8,18 +8,19 @@ Synchronous ORM code; async callers use the ``a*`` wrappers, each one
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import Group
 from django.db.models import DateTimeField, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from notify import accounts
 from notify.models import Audience, Notification
-from notify.prepared import Prepared
+from notify.prepared import Prepared, PreparedIn
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +74,15 @@ def unexpired(
     ).filter(_expires__gt=now)
 
 
-_GROUPS = Prepared(
-    lambda user_id: Group.objects.filter(
-        **{accounts.names().group_members: user_id}
-    ).values_list("id"),
-    [int],
-)
+def _memberships(user_ids: list[int]) -> QuerySet[Any, Any]:
+    names = accounts.names()
+    links: QuerySet[Any, Any] = accounts.memberships().objects.filter(
+        **{f"{names.member_user}__in": user_ids}
+    )
+    return links.values_list(names.member_user, names.member_group)
+
+
+_MEMBERSHIPS = PreparedIn(_memberships, int)
 _NEWEST_VISIBLE = Prepared(
     lambda user_id, now: visible(user_id, now).order_by("-id").values_list("id")[:1],
     [int, datetime],
@@ -86,7 +90,16 @@ _NEWEST_VISIBLE = Prepared(
 
 
 def load_viewer(user_id: int) -> Viewer:
-    return Viewer(user_id, frozenset(g for (g,) in _GROUPS.rows(user_id)))
+    return load_viewers([user_id])[user_id]
+
+
+def load_viewers(user_ids: Iterable[int]) -> dict[int, Viewer]:
+    """Each user's :class:`Viewer`, their groups read in one query."""
+    groups: dict[int, set[int]] = {user_id: set() for user_id in user_ids}
+    if groups:
+        for user_id, group_id in _MEMBERSHIPS.rows(sorted(groups)):
+            groups[user_id].add(group_id)
+    return {user_id: Viewer(user_id, frozenset(ids)) for user_id, ids in groups.items()}
 
 
 def newest_visible_id(user_id: int) -> int:

@@ -15,7 +15,7 @@ from django.contrib.sessions.models import Session
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
-from notify.credentials import Identity, identify
+from notify.credentials import Identity, identify, identify_all
 from notify.tokens import create_token
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
@@ -151,3 +151,44 @@ def test_a_backend_that_reads_other_fields_of_the_user_decides(alice, settings, 
     expected = alice.pk if staff else 0
     assert identify(_with_session(key)).user_id == expected
     assert _django_user_id(key) == expected
+
+
+def test_many_requests_at_once_get_the_answers_each_gets_alone(alice, settings):
+    bob = User.objects.create_user("bob", password="pw-bob-1")
+    carol = User.objects.create_user("carol", password="pw-carol-1")
+    _, bob_token = create_token(bob)
+    alice_key, carol_key = _logged_in(alice), _logged_in(carol)
+    changed_key = _logged_in(bob)
+    bob.set_password("another-pw-2")  # Django flushes this session
+    bob.save()
+
+    def requests() -> list[Any]:
+        return [
+            _with_session(alice_key),
+            _request(HTTP_AUTHORIZATION=f"Bearer {bob_token}"),
+            _request(HTTP_AUTHORIZATION="Bearer ntf_no-such-token"),
+            _request(HTTP_AUTHORIZATION="Bearer "),
+            _request(),
+            _with_session("x" * 32),
+            _with_session(carol_key),
+            _with_session(changed_key),
+            _with_session(alice_key),  # twice in one batch
+        ]
+
+    together = identify_all(requests())
+    expected = [
+        Identity(alice.pk),
+        Identity(bob.pk, by_token=True),
+        Identity(0, by_token=True, bad_token=True),
+        Identity(0, by_token=True, bad_token=True),
+        Identity(0),
+        Identity(0),
+        Identity(carol.pk),
+        Identity(0),
+        Identity(alice.pk),
+    ]
+    assert together == expected
+    assert [identify(request) for request in requests()] == expected
+    credentials = [i.credential for i in together]
+    assert credentials[0] == credentials[-1] == alice_key
+    assert credentials[6] == carol_key

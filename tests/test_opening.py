@@ -4,11 +4,14 @@ gives each stream what it would get alone, with fewer queries."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
 from django.http import HttpRequest
-from django.test import RequestFactory
+from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -57,9 +60,13 @@ def test_a_batch_gives_each_opening_what_it_would_get_alone(tokens, users):
     assert (alice.newest, alice.latest, alice.cursor) == (first.id, latest.id, first.id)
     assert bob.newest == latest.id - 1  # the group's, not carol's
     assert (carol.reset, carol.cursor, carol.newest) == (CURSOR_AHEAD, None, latest.id)
-    # The newest id of all is read once for the four openings, not four
-    # times; the retention mark once for the two cursors, not twice.
-    assert len(together) == len(each) - 3 - 1
+    # Alone, each opening reads its token, its groups, the newest id of all,
+    # its newest visible id and, with a cursor, the retention mark. Together:
+    # the five tokens in one query, the four viewers' groups in one, the
+    # newest of all and the retention mark once; only the newest visible id
+    # is read per viewer.
+    assert len(each) == 5 + 4 * 3 + 2
+    assert len(together) == 1 + 1 + 1 + 4 + 1
 
 
 def test_a_cursor_below_retention_is_reset_in_a_batch(tokens, users):
@@ -72,3 +79,29 @@ def test_a_cursor_below_retention_is_reset_in_a_batch(tokens, users):
     assert alice is not None and bob is not None
     assert (alice.reset, alice.cursor) == (CURSOR_EXPIRED, 0)
     assert (bob.reset, bob.cursor) == (None, None)
+
+
+class BrokenBackend(ModelBackend):
+    """A backend whose get_user fails: Django's own get_user is asked for
+    its sessions, and raises."""
+
+    def get_user(self, user_id: Any) -> Any:
+        raise RuntimeError("the backend is broken")
+
+
+def test_an_opening_that_fails_fails_alone(tokens, users, settings):
+    backend = f"{__name__}.BrokenBackend"
+    settings.AUTHENTICATION_BACKENDS = [backend, *settings.AUTHENTICATION_BACKENDS]
+    client = Client()
+    client.force_login(users["bob"], backend=backend)
+    broken = RequestFactory().get("/events/")
+    broken.COOKIES["sessionid"] = client.cookies["sessionid"].value
+    broken.session = SessionStore(broken.COOKIES["sessionid"])
+    items = [*_requests(tokens, [("alice", None)]), (broken, None)]
+    items += _requests(tokens, [("carol", None)])
+
+    (ok_alice, alice), (ok_broken, error), (ok_carol, carol) = _open_batch(items)
+
+    assert ok_alice and alice[0].user_id == users["alice"].pk
+    assert not ok_broken and isinstance(error, RuntimeError)
+    assert ok_carol and carol[0].user_id == users["carol"].pk

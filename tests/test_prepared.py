@@ -15,7 +15,7 @@ from django.test.utils import isolate_apps
 
 from notify.insertion import PreparedInsert
 from notify.models import APIToken, Notification
-from notify.prepared import Prepared, one_cursor
+from notify.prepared import Prepared, PreparedIn, one_cursor
 
 pytestmark = pytest.mark.django_db
 
@@ -200,3 +200,21 @@ def test_prepared_queries_inside_one_cursor_share_it():
     assert outside_after is not inside[0]
     with pytest.raises(Error):  # closed with the block
         inside[0].execute("SELECT 1")
+
+
+@pytest.mark.parametrize("count", [1, 5, 8, 9, 64, 70, 200])
+def test_a_query_of_many_values_finds_what_the_orm_finds(count):
+    for i in range(40):
+        PreparedInsert(Notification).insert(_notification(title=f"n{i}"))
+    ids = list(Notification.objects.values_list("id", flat=True))
+    wanted = [ids[i % len(ids)] for i in range(0, count * 3, 3)] + [10**9]
+    titles = PreparedIn(
+        lambda pks: Notification.objects.filter(pk__in=pks).values_list("id", "title"),
+        int,
+    )
+    expected = set(
+        Notification.objects.filter(pk__in=wanted).values_list("id", "title")
+    )
+    found = titles.rows(wanted)
+    assert sorted(set(found)) == sorted(expected)
+    assert titles.rows([]) == []
