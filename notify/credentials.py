@@ -28,8 +28,8 @@ from django.contrib import auth
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
-from django.core.exceptions import ValidationError
-from django.db import models
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db import DEFAULT_DB_ALIAS, models
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -68,14 +68,19 @@ _TOKEN_USERS = PreparedIn(
 def identify(request: HttpRequest) -> Identity:
     """Bearer token first; otherwise the session. An invalid token never
     falls back to the session (the same rule as ``permissions.acaller``)."""
-    return identify_all([request])[0]
+    [found] = identify_all([request])
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
-def identify_all(requests: Sequence[HttpRequest]) -> list[Identity]:
-    """:func:`identify` for several requests: the same answers, each lookup
-    made once for all of them (tokens, sessions, their users) rather than
-    once per request."""
-    found: list[Identity | None] = [None] * len(requests)
+def identify_all(requests: Sequence[HttpRequest]) -> list[Identity | Exception]:
+    """:func:`identify` for several requests: the same answers, in order, each
+    lookup made once for all of them (tokens, sessions, their users) rather
+    than once per request. Where checking one request raised (an
+    authentication backend's error), its answer is that exception, and the
+    others are answered all the same."""
+    found: list[Identity | Exception | None] = [None] * len(requests)
     secrets: dict[int, str] = {}
     keys: dict[int, str | None] = {}
     for i, request in enumerate(requests):
@@ -101,13 +106,19 @@ def identify_all(requests: Sequence[HttpRequest]) -> list[Identity]:
         sessions = _session_users(set(keys.values()))
         for i, key in keys.items():
             fast = sessions[key]
-            if fast is None:
-                found[i] = _django_identity(requests[i], key)
-            else:
+            if isinstance(fast, Exception):
+                found[i] = fast
+            elif fast is not None:
                 found[i] = Identity(fast[0], credential=key, expires=fast[1])
-    identities = [identity for identity in found if identity is not None]
-    assert len(identities) == len(requests)  # one answer each, in order
-    return identities
+            else:
+                try:
+                    found[i] = _django_identity(requests[i], key)
+                except Exception as exc:
+                    found[i] = exc
+    answers = [answer for answer in found if answer is not None]
+    if len(answers) != len(requests):
+        raise RuntimeError("a request was left without an answer")
+    return answers
 
 
 def _django_identity(request: HttpRequest, key: str | None) -> Identity:
@@ -132,7 +143,7 @@ def _sessions_query() -> PreparedIn:
     )
 
 
-_USING = "default"  # where the prepared queries run
+_USING = DEFAULT_DB_ALIAS  # where the prepared queries run
 
 
 @cache
@@ -157,6 +168,8 @@ def _fast_path_applies(user_model: Any) -> bool:
 
 @cache
 def _fast_path_for(engine: str, user_model: Any) -> bool:
+    # Once per engine and model: a method replaced on the model later is
+    # not seen.
     fields = {f.name for f in user_model._meta.concrete_fields}
     return (
         engine == DB_SESSIONS
@@ -178,21 +191,26 @@ _NOBODY = (0, None)
 
 def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
     """The session's user id (0 for nobody) and expiry, or None: ask Django."""
-    return _session_users({key})[key]
+    found = _session_users({key})[key]
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
 _ASK_DJANGO = None
 
 
-def _session_users(
-    keys: set[str | None],
-) -> dict[str | None, tuple[int, float | None] | None]:
-    """For each session key: its user id (0 for nobody) and expiry, or None
-    (ask Django). Two queries however many keys: the sessions, their users."""
+_SessionAnswer = tuple[int, float | None] | Exception | None
+
+
+def _session_users(keys: set[str | None]) -> dict[str | None, _SessionAnswer]:
+    """For each session key: its user id (0 for nobody) and expiry, None (ask
+    Django), or the exception its check raised. Two queries however many
+    keys: the sessions, then their users."""
     user_model: Any = auth.get_user_model()
     if not _fast_path_applies(user_model):
         return dict.fromkeys(keys, _ASK_DJANGO)
-    found: dict[str | None, tuple[int, float | None] | None] = {}
+    found: dict[str | None, _SessionAnswer] = {}
     lookup = []
     for key in keys:
         if not key or "\x00" in key:  # no session has NUL in its key
@@ -207,7 +225,11 @@ def _session_users(
             found[key] = _NOBODY  # no such session, or expired: load() finds {}
             continue
         data, expire_date = stored[key]
-        claim = _claim(_session_store()().decode(data), user_model)
+        try:
+            claim = _claim(_session_store()().decode(data), user_model)
+        except Exception as exc:
+            found[key] = exc
+            continue
         if isinstance(claim, _Claim):
             claims[key] = (claim, expire_date)
         else:
@@ -218,7 +240,11 @@ def _session_users(
         if claim.pk not in users:
             found[key] = _NOBODY  # the user is gone: Django's get_user finds None
             continue
-        verdict = _verify(claim, users[claim.pk], user_model)
+        try:
+            verdict = _verify(claim, users[claim.pk], user_model)
+        except Exception as exc:
+            found[key] = exc
+            continue
         if verdict:
             found[key] = (claim.pk, expire_date.timestamp())
         else:
@@ -268,7 +294,10 @@ def _verify(claim: _Claim, row: tuple[str, Any], user_model: Any) -> bool | None
     loaded["is_active"] = bool(is_active)
     names = _in_field_order(user_model, tuple(loaded))
     user = user_model.from_db(_USING, names, [loaded[name] for name in names])
-    if not claim.backend.user_can_authenticate(user):
+    try:
+        if not claim.backend.user_can_authenticate(user):
+            return False
+    except ObjectDoesNotExist:  # deleted since: a deferred field found no row
         return False
     session_hash = claim.session.get(auth.HASH_SESSION_KEY)
     if session_hash and constant_time_compare(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,10 +28,10 @@ from django.db import close_old_connections, connections
 from django.http import HttpRequest
 
 from notify.conf import conf
-from notify.credentials import Identity, identify, identify_all
+from notify.credentials import Identity, identify_all
 from notify.models import Notification, RetentionMark
 from notify.prepared import Prepared, one_cursor
-from notify.visibility import Viewer, load_viewer, load_viewers, newest_visible_id
+from notify.visibility import Viewer, load_viewers, newest_visible_id
 
 CURSOR_EXPIRED = "cursor-expired"
 CURSOR_AHEAD = "cursor-ahead"
@@ -80,8 +80,8 @@ _PRUNED_THROUGH = Prepared(
 
 class _Reads:
     """What every opening of a batch shares: the newest id of all, read once
-    before any viewer's newest (see :func:`open_stream`), and the retention
-    mark, read when a cursor first needs it."""
+    before any viewer's newest (see :func:`_start`), and the retention mark,
+    read when a cursor first needs it."""
 
     __slots__ = ("_latest", "_pruned_through")
 
@@ -103,16 +103,43 @@ class _Reads:
 
 
 def open_stream(
-    request: HttpRequest, cursor: int | None, reads: _Reads | None = None
+    request: HttpRequest, cursor: int | None
 ) -> tuple[Identity, Opening | None]:
     """Authenticate the request and find where its stream starts; the
-    opening is None when nobody is authenticated. ``reads``: shared with the
-    other openings of a batch."""
-    identity = identify(request)
-    if not identity.user_id:
-        return identity, None
-    viewer = load_viewer(identity.user_id)
-    return identity, _start(identity, viewer, cursor, reads or _Reads())
+    opening is None when nobody is authenticated."""
+    [(ok, found)] = open_streams([(request, cursor)])
+    if not ok:
+        raise found
+    return found  # type: ignore[no-any-return]
+
+
+def open_streams(
+    items: Sequence[tuple[HttpRequest, int | None]],
+) -> list[tuple[bool, Any]]:
+    """:func:`open_stream` for several requests, each answered on its own:
+    ``(True, (identity, opening))``, or ``(False, exception)`` for one whose
+    check raised. Credentials and groups are each read in one query for all
+    of them, the newest id of all once."""
+    identities = identify_all([request for request, _ in items])
+    viewers = load_viewers(
+        {i.user_id for i in identities if isinstance(i, Identity) and i.user_id}
+    )
+    reads = _Reads()
+    results: list[tuple[bool, Any]] = []
+    for identity, (_, cursor) in zip(identities, items, strict=True):
+        if isinstance(identity, Exception):
+            results.append((False, identity))
+        elif not identity.user_id:
+            results.append((True, (identity, None)))
+        else:
+            try:
+                viewer = viewers[identity.user_id]
+                opening = _start(identity, viewer, cursor, reads)
+            except Exception as exc:
+                results.append((False, exc))
+            else:
+                results.append((True, (identity, opening)))
+    return results
 
 
 def _start(
@@ -135,22 +162,6 @@ def _start(
     )
 
 
-def open_streams(
-    items: list[tuple[HttpRequest, int | None]],
-) -> list[tuple[Identity, Opening | None]]:
-    """:func:`open_stream` for several requests: credentials and groups are
-    each read in one query for all of them, and the newest id of all once."""
-    identities = identify_all([request for request, _ in items])
-    viewers = load_viewers({i.user_id for i in identities if i.user_id})
-    reads = _Reads()
-    return [
-        (identity, _start(identity, viewers[identity.user_id], cursor, reads))
-        if identity.user_id
-        else (identity, None)
-        for identity, (_, cursor) in zip(identities, items, strict=True)
-    ]
-
-
 _BATCH = 64
 T = TypeVar("T")
 
@@ -171,19 +182,7 @@ def _open_batch(
     # that broke or grew too old before using it.
     close_old_connections()
     with one_cursor():
-        try:
-            return [(True, opened) for opened in open_streams(items)]
-        except Exception:
-            # One at a time then, so that what failed fails alone (a
-            # session backend that raised, a database that went away).
-            results: list[tuple[bool, Any]] = []
-            reads = _Reads()
-            for request, cursor in items:
-                try:
-                    results.append((True, open_stream(request, cursor, reads)))
-                except Exception as exc:
-                    results.append((False, exc))
-            return results
+        return open_streams(items)
 
 
 class Opener:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import QuerySet
 from django.db.models.query import ModelIterable
 
@@ -98,7 +98,7 @@ _shared = _Shared()
 
 
 @contextmanager
-def one_cursor(using: str = "default") -> Iterator[None]:
+def one_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     """Run this thread's prepared queries on ``using``, inside the block, on
     one cursor rather than a new one each: creating and closing a cursor
     through Django's wrappers costs about as much Python as running a
@@ -126,7 +126,7 @@ class Prepared:
         self,
         build: Callable[..., QuerySet[Any, Any]],
         kinds: Sequence[type],
-        using: str = "default",
+        using: str = DEFAULT_DB_ALIAS,
     ) -> None:
         self._build = build
         self._kinds = tuple(kinds)
@@ -184,7 +184,7 @@ class Prepared:
             value = args[arg]
             params[position] = adapt(value) if isinstance(value, datetime) else value
         shared = _shared.cursors.get(self._using)
-        if shared is not None:
+        if shared is not None and shared.db is connection:
             shared.execute(compiled.sql, params)
             return list(shared.fetchall())
         with connection.cursor() as cursor:
@@ -252,7 +252,7 @@ class PreparedIn:
         build: Callable[..., QuerySet[Any, Any]],
         kind: type,
         extra: Sequence[type] = (),
-        using: str = "default",
+        using: str = DEFAULT_DB_ALIAS,
     ) -> None:
         self._by_size = {
             size: Prepared(

@@ -89,14 +89,24 @@ class BrokenBackend(ModelBackend):
         raise RuntimeError("the backend is broken")
 
 
-def test_an_opening_that_fails_fails_alone(tokens, users, settings):
+def _session_request(user: Any, backend: str | None = None) -> Any:
+    """A stream's request, signed in by session (as the middleware leaves it)."""
+    client = Client()
+    client.force_login(user, backend=backend)
+    request = RequestFactory().get("/events/")
+    request.COOKIES["sessionid"] = client.cookies["sessionid"].value
+    request.session = SessionStore(request.COOKIES["sessionid"])
+    return request
+
+
+def _broken_session(settings: Any, user: Any) -> Any:
     backend = f"{__name__}.BrokenBackend"
     settings.AUTHENTICATION_BACKENDS = [backend, *settings.AUTHENTICATION_BACKENDS]
-    client = Client()
-    client.force_login(users["bob"], backend=backend)
-    broken = RequestFactory().get("/events/")
-    broken.COOKIES["sessionid"] = client.cookies["sessionid"].value
-    broken.session = SessionStore(broken.COOKIES["sessionid"])
+    return _session_request(user, backend)
+
+
+def test_an_opening_that_fails_fails_alone(tokens, users, settings):
+    broken = _broken_session(settings, users["bob"])
     items = [*_requests(tokens, [("alice", None)]), (broken, None)]
     items += _requests(tokens, [("carol", None)])
 
@@ -105,3 +115,23 @@ def test_an_opening_that_fails_fails_alone(tokens, users, settings):
     assert ok_alice and alice[0].user_id == users["alice"].pk
     assert not ok_broken and isinstance(error, RuntimeError)
     assert ok_carol and carol[0].user_id == users["carol"].pk
+
+
+def test_a_session_that_django_renews_is_kept_when_another_opening_fails(
+    tokens, users, settings
+):
+    # A session whose hash only the old SECRET_KEY verifies: Django's
+    # get_user moves it to a new key, once. An opening that fails beside it
+    # must not make it be checked twice (the second time, its old key is gone).
+    renewed = _session_request(users["alice"])
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "another-secret-key-for-this-test-only-0123456789"
+    broken = _broken_session(settings, users["bob"])
+
+    (ok, (identity, opening)), (failed, _) = _open_batch(
+        [(renewed, None), (broken, None)]
+    )
+
+    assert ok and not failed
+    assert identity.user_id == users["alice"].pk and opening is not None
+    assert identity.credential == renewed.session.session_key  # the new key
