@@ -4,7 +4,7 @@
 Each receiver runs in the process that made the change and hands a message to
 the broker once the change is committed; with Redis, every server process gets
 it. In a server process the message goes to its event loop's broker without
-the saving thread waiting; elsewhere (a shell, a worker) it is sent at once,
+the saving thread waiting, after the ones committed before it; elsewhere (a shell, a worker) it is sent at once,
 for at most ``ANNOUNCE_TIMEOUT`` seconds, so an unreachable Redis never holds
 up a save for long. Saves that change nothing an open stream depends on send
 nothing.
@@ -13,8 +13,11 @@ nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
+import contextvars
 import logging
+import threading
+import weakref
 from collections.abc import Callable
 from importlib import import_module
 from typing import Any
@@ -54,14 +57,72 @@ def _announce(message: Message | Callable[[], Message]) -> None:
 
 
 def _deliver(message: Message) -> None:
-    from notify.publishing import send
-
     loop = serving_loop()
-    if loop is not None:
-        with contextlib.suppress(RuntimeError):  # the loop is closing
-            asyncio.run_coroutine_threadsafe(send(message, count=False), loop)
-            return
+    if loop is not None and _outbox(loop).put(message):
+        return
     async_to_sync(_send_briefly)(message)
+
+
+class _Outbox:
+    """A server loop's access messages, sent one after another in the order
+    they were committed, so a logout's "logged-out" reaches its streams before
+    the "session-ended" of the session that the logout then deletes. (Sent as
+    a coroutine each, they raced for the broker's connections, and either
+    could arrive first.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: collections.deque[Message] = collections.deque()
+        self._sending = False
+
+    def put(self, message: Message) -> bool:
+        """Queue ``message`` from any thread; False if the loop is closing."""
+        with self._lock:
+            self._pending.append(message)
+            if self._sending:
+                return True
+            self._sending = True
+        try:
+            self._loop.call_soon_threadsafe(self._start)
+        except RuntimeError:  # the loop is closing
+            with self._lock:
+                self._sending = False
+                self._pending.remove(message)
+            return False
+        return True
+
+    def _start(self) -> None:
+        # Not in any request's context: it outlives them.
+        self._loop.create_task(self._send_all(), context=contextvars.Context())
+
+    async def _send_all(self) -> None:
+        from notify.publishing import send
+
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._sending = False
+                    return
+                message = self._pending.popleft()
+            try:
+                await send(message, count=False)
+            except Exception as exc:
+                logger.warning("access change not announced (%s)", exc)
+
+
+_outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
+    weakref.WeakKeyDictionary()
+)
+_outboxes_lock = threading.Lock()
+
+
+def _outbox(loop: asyncio.AbstractEventLoop) -> _Outbox:
+    with _outboxes_lock:
+        outbox = _outboxes.get(loop)
+        if outbox is None:
+            outbox = _outboxes[loop] = _Outbox(loop)
+        return outbox
 
 
 async def _send_briefly(message: Message) -> None:

@@ -6,14 +6,20 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aredis
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 
+from notify import receivers
+from notify.access import credential_key, revoke_message
+from notify.broker import serving
+from notify.broker.redis import decode
 from notify.tokens import create_token
 from tests.support.servers import UvicornServer, auth, manage
 from tests.support.sse import Event, events
@@ -461,3 +467,40 @@ async def test_a_revocation_announced_while_redis_was_down_applies_once_it_is_ba
     finally:
         server.stop()
         redis.stop()
+
+
+async def test_access_changes_are_sent_in_the_order_they_were_committed(
+    redis_url, settings, close_broker
+):
+    # A logout announces "logged-out", then deleting its session announces
+    # "session-ended": whichever a stream gets first is the reason it shows.
+    prefix = f"notify-test-{uuid.uuid4().hex[:8]}:"
+    settings.NOTIFY_BROKER = {
+        "BACKEND": "notify.broker.redis.RedisBroker",
+        "OPTIONS": {"url": redis_url, "prefix": prefix},
+    }
+    client = aredis.Redis.from_url(redis_url)
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe(f"{prefix}events")
+    serving()  # this test's loop stands for a server's
+    messages = [
+        revoke_message(7, credential_key(f"session-{i}"), "logged-out")
+        for i in range(40)
+    ]
+
+    def commit_all() -> None:  # as the receivers do, from a request's thread
+        for message in messages:
+            receivers._deliver(message)
+
+    try:
+        await asyncio.to_thread(commit_all)
+        sent: list[str | None] = []
+        async with asyncio.timeout(10):
+            while len(sent) < len(messages):
+                found = await listener.get_message(timeout=1.0)
+                if found is not None:
+                    sent.append(decode(found["data"]).control)
+        assert sent == [message.control for message in messages]
+    finally:
+        await listener.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
