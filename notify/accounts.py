@@ -36,12 +36,23 @@ class Names:
     group_users: str  # a group's manager of its users ("user_set")
 
 
-@cache
-def names() -> Names:
+def _addressed() -> models.ManyToManyField[Any, Any]:
+    """``Notification.users``: its model is AUTH_USER_MODEL, as loaded."""
     addressed = Notification._meta.get_field("users")
     assert isinstance(addressed, models.ManyToManyField)
-    model: Any = addressed.remote_field.model  # AUTH_USER_MODEL, as loaded
-    groups = model._meta.get_field("groups")  # required at start
+    return addressed
+
+
+def _groups() -> Any:
+    """The user model's ``groups`` field (required at start)."""
+    return _addressed().remote_field.model._meta.get_field("groups")
+
+
+@cache
+def names() -> Names:
+    addressed = _addressed()
+    model: Any = addressed.remote_field.model
+    groups = _groups()
     return Names(
         username=model.USERNAME_FIELD,
         addressed_user=_column(addressed, addressed.m2m_reverse_field_name()),
@@ -56,9 +67,7 @@ def names() -> Names:
 def memberships() -> Any:
     """The user model's join table to its groups (``User.groups.through``),
     whose columns ``names()`` gives as ``member_user`` and ``member_group``."""
-    addressed = Notification._meta.get_field("users")
-    model: Any = addressed.remote_field.model
-    return model._meta.get_field("groups").remote_field.through
+    return _groups().remote_field.through
 
 
 def _column(field: models.ManyToManyField[Any, Any], name: str) -> str:

@@ -162,12 +162,8 @@ def _session_store() -> type[SessionBase]:
     return store
 
 
-def _fast_path_applies(user_model: Any) -> bool:
-    return _fast_path_for(settings.SESSION_ENGINE, user_model)
-
-
 @cache
-def _fast_path_for(engine: str, user_model: Any) -> bool:
+def _fast_path_applies(engine: str, user_model: Any) -> bool:
     # Once per engine and model: a method replaced on the model later is
     # not seen.
     fields = {f.name for f in user_model._meta.concrete_fields}
@@ -208,7 +204,7 @@ def _session_users(keys: set[str | None]) -> dict[str | None, _SessionAnswer]:
     Django), or the exception its check raised. Two queries however many
     keys: the sessions, then their users."""
     user_model: Any = auth.get_user_model()
-    if not _fast_path_applies(user_model):
+    if not _fast_path_applies(settings.SESSION_ENGINE, user_model):
         return dict.fromkeys(keys, _ASK_DJANGO)
     found: dict[str | None, _SessionAnswer] = {}
     lookup = []

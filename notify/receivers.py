@@ -4,9 +4,9 @@
 Each receiver runs in the process that made the change and hands a message to
 the broker once the change is committed; with Redis, every server process gets
 it. In a server process the message goes to its event loop's broker without
-the saving thread waiting, after the ones committed before it; elsewhere (a shell, a worker) it is sent at once,
-for at most ``ANNOUNCE_TIMEOUT`` seconds, so an unreachable Redis never holds
-up a save for long. Saves that change nothing an open stream depends on send
+the saving thread waiting, after the ones committed before it; elsewhere (a
+shell, a worker) it is sent at once, for at most ``ANNOUNCE_TIMEOUT`` seconds,
+so an unreachable Redis never holds up a save for long. Saves that change nothing an open stream depends on send
 nothing.
 """
 
@@ -58,9 +58,9 @@ def _announce(message: Message | Callable[[], Message]) -> None:
 
 def _deliver(message: Message) -> None:
     loop = serving_loop()
-    if loop is not None and _outbox(loop).put(message):
-        return
-    async_to_sync(_send_briefly)(message)
+    unsent = [message] if loop is None else _outbox(loop).put(message)
+    for leftover in unsent:
+        async_to_sync(_send_briefly)(leftover)
 
 
 class _Outbox:
@@ -76,21 +76,24 @@ class _Outbox:
         self._pending: collections.deque[Message] = collections.deque()
         self._sending = False
 
-    def put(self, message: Message) -> bool:
-        """Queue ``message`` from any thread; False if the loop is closing."""
+    def put(self, message: Message) -> list[Message]:
+        """Queue ``message`` from any thread. What the loop will not send (it
+        is closing) is handed back, in order: this message and any that other
+        threads queued behind it meanwhile."""
         with self._lock:
             self._pending.append(message)
             if self._sending:
-                return True
+                return []
             self._sending = True
         try:
             self._loop.call_soon_threadsafe(self._start)
         except RuntimeError:  # the loop is closing
             with self._lock:
                 self._sending = False
-                self._pending.remove(message)
-            return False
-        return True
+                unsent = list(self._pending)
+                self._pending.clear()
+            return unsent
+        return []
 
     def _start(self) -> None:
         # Not in any request's context: it outlives them.
