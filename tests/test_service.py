@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from tests.support.api import Client, body
 from tests.support.metrics import samples
-from tests.support.servers import ROOT, UvicornServer, wait_for
+from tests.support.servers import ROOT, UvicornServer, free_port, wait_for
 
 
 async def test_healthz_reports_ok_with_the_memory_broker(users):
@@ -46,12 +45,6 @@ async def test_with_debug_on_static_files_are_served_without_warnings(start_serv
     assert "Warning" not in server.output()
 
 
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _unhealthy_server(
     workdir: Path, env: dict[str, str], name: str
@@ -67,7 +60,7 @@ def _unhealthy_server(
 
 
 async def test_healthz_is_503_when_redis_is_down(workdir, server_env, transactional_db):
-    dead = f"redis://127.0.0.1:{_unused_port()}/0"
+    dead = f"redis://127.0.0.1:{free_port()}/0"
     env = server_env | {"REDIS_URL": dead}
     with _unhealthy_server(workdir, env, "no-redis") as server:
         async with httpx.AsyncClient(timeout=10) as client:

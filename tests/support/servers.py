@@ -65,10 +65,32 @@ def slot_counts(url: str) -> dict[str, str]:
         client.close()
 
 
+def port_range() -> range:
+    """The ports this test run's servers listen on: ``NOTIFY_TEST_PORTS``
+    (``"24000-27999"``), or 20000-32000.
+
+    Below Linux's ephemeral range (32768 and up), so that no outgoing
+    connection takes a chosen port before its server has bound it. Runs going
+    at the same time (``.ci/run``) get a range each: a port chosen by one run
+    is then never chosen by another in the moment before its server binds it,
+    when the other run's health check would be answered by the wrong server.
+    """
+    spec = os.environ.get("NOTIFY_TEST_PORTS", "")
+    low, _, high = spec.partition("-")
+    if not spec:
+        return range(20000, 32000)
+    if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) < 65536):
+        raise ValueError(f"NOTIFY_TEST_PORTS must be LOW-HIGH, not {spec!r}")
+    return range(int(low), int(high) + 1)
+
+
+# Not the module's random: pytest-randomly seeds that one alike for every test.
+_ports = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port of :func:`port_range` that nothing is bound to now."""
+    return free_ports(1)[0]
 
 
 def port_free(port: int) -> bool:
@@ -81,15 +103,15 @@ def port_free(port: int) -> bool:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` consecutive free ports below the ephemeral range, where no
-    outgoing connection takes one meanwhile (``scripts/stack`` puts its
-    workers on consecutive ports)."""
+    """``count`` consecutive free ports of :func:`port_range`
+    (``scripts/stack`` puts its workers on consecutive ports)."""
+    ports = port_range()
     for _ in range(200):
-        base = random.randrange(20000, 32000 - count)
-        ports = list(range(base, base + count))
-        if all(port_free(p) for p in ports):
-            return ports
-    raise RuntimeError("no free ports")
+        base = _ports.randrange(ports.start, ports.stop - count + 1)
+        chosen = list(range(base, base + count))
+        if all(port_free(p) for p in chosen):
+            return chosen
+    raise RuntimeError(f"no {count} free ports in {ports}")
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -128,6 +150,7 @@ class Process:
 
     def start(self) -> None:
         self._log_file = self.log.open("ab")
+        self._log_start = self._log_file.tell()  # where this start's output begins
         self.proc = subprocess.Popen(
             self.argv,
             env=self.env,
@@ -157,6 +180,12 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def said(self, text: str) -> bool:
+        """Whether this start's output (not an earlier start's) has ``text``."""
+        with self.log.open("rb") as log:
+            log.seek(self._log_start)
+            return text.encode() in log.read()
+
 
 class RedisServer(Process):
     def __init__(self, workdir: Path) -> None:
@@ -183,7 +212,12 @@ class RedisServer(Process):
 
     def start(self) -> None:
         super().start()
-        wait_for(lambda: _port_open(self.port), 10, "redis-server")
+        # Its own log first: whatever else answers on the port is not it.
+        wait_for(
+            lambda: self.said("Ready to accept connections") and _port_open(self.port),
+            10,
+            "redis-server",
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
         super().stop(sig, timeout)
@@ -224,6 +258,8 @@ class UvicornServer(Process):
         def healthy() -> bool:
             if not self.running:
                 raise RuntimeError(f"uvicorn exited:\n{self.output()[-3000:]}")
+            if not self.said(f"Uvicorn running on {self.url}"):
+                return False  # not bound yet: whatever answers is not this one
             with contextlib.suppress(httpx.HTTPError):
                 url = self.url + self.health_path
                 return httpx.get(url, timeout=1).status_code == 200
