@@ -21,11 +21,12 @@ urlpatterns = [
     ),
     path("healthz", service.healthz, name="healthz"),
     path("metrics", service.metrics_view, name="metrics"),
-    # Programs call these; a mistyped one is answered in JSON too. Only under
-    # notify's own API paths: a host that includes notify at its root may
-    # have an api/ of its own further down its URLconf.
+    # Programs call these; a mistyped one is answered in JSON too (an
+    # EventSource pointed at events/typo included). Only under notify's own
+    # paths: a host that includes notify at its root may have an api/ of its
+    # own further down its URLconf.
     re_path(
-        r"^api/(?:notifications|broadcasts)(?:/|$)",
+        r"^(?:api/(?:notifications|broadcasts)(?:/|$)|events/.)",
         api.no_such_endpoint,
     ),
 ]

@@ -9,4 +9,5 @@ urlpatterns: list[URLPattern | URLResolver] = [
 
 # Errors answer JSON, never an HTML page; a database that is busy or gone is a
 # 503 with Retry-After.
+handler400 = "notify.views.http.bad_request"
 handler500 = "notify.views.http.server_error"

@@ -542,6 +542,9 @@ async def test_a_wrong_method_is_405_json(admin, method, path):
         "/api/notifications/read-all/",
         "/api/broadcasts",
         "/api/broadcasts/recent/",
+        "/events/x",
+        "/events/poll/",
+        "/events/poll/1",
     ],
 )
 async def test_an_unknown_path_under_the_api_is_a_json_404(users, method, path):
@@ -555,11 +558,28 @@ async def test_an_unknown_path_under_the_api_is_a_json_404(users, method, path):
     assert body(response) == {"error": "no such endpoint"}
 
 
-@pytest.mark.parametrize("path", ["/no-such-page", "/api/", "/api/orders", "/events/x"])
+@pytest.mark.parametrize("path", ["/no-such-page", "/api/", "/api/orders", "/event"])
 async def test_other_unknown_paths_keep_the_sites_own_404_page(admin, path):
     response = await admin.get(path)
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    ("host", "error"),
+    [
+        ("evil.example", "this Host header is not served here"),
+        ("bad host!", "this Host header is not served here"),
+    ],
+)
+async def test_a_request_django_refuses_before_any_view_is_a_json_400(
+    users, host, error
+):
+    client = AsyncClient(raise_request_exception=False)
+    response = await client.get("/healthz", headers={"Host": host})
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert body(response) == {"error": error}
 
 
 @override_settings(ROOT_URLCONF="tests.support.root_host_urls")

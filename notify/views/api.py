@@ -163,9 +163,9 @@ async def mark_read(
 
 @csrf_exempt
 async def no_such_endpoint(request: HttpRequest) -> HttpResponse:
-    """Any other path under ``api/notifications`` or ``api/broadcasts``: a
-    JSON 404 for the program that asked, not the site's HTML page, whatever
-    the method."""
+    """Any other path under ``api/notifications``, ``api/broadcasts`` or
+    ``events/``: a JSON 404 for the program that asked, not the site's HTML
+    page, whatever the method."""
     return error(404, "no such endpoint")
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from functools import wraps
 from typing import Any
 
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -41,6 +42,17 @@ def server_error(request: HttpRequest) -> JsonResponse:
     if isinstance(sys.exc_info()[1], OperationalError | InterfaceError):
         return error(503, "the database is busy or unavailable; retry", Retry_After="5")
     return error(500, "internal error")
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> JsonResponse:
+    """A ``handler400`` that answers JSON: a request Django refuses before any
+    view (a ``Host`` header not in ``ALLOWED_HOSTS``, too many fields) gets
+    ``{"error": ...}``, not Django's HTML page."""
+    if isinstance(exception, DisallowedHost):
+        return error(400, "this Host header is not served here")
+    if isinstance(exception, RequestDataTooBig):
+        return error(400, "request body too large")
+    return error(400, "bad request")
 
 
 def field_errors(errors: dict[str, list[str]], status: int = 400) -> JsonResponse:
