@@ -36,17 +36,18 @@ import time
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from django.contrib import auth
 
 from notify import metrics, sse
 from notify.broker import Broker, Message, Subscription
-from notify.credentials import session_user
+from notify.credentials import session_users
 from notify.models import APIToken
 from notify.opening import get_opener
-from notify.prepared import Prepared
-from notify.visibility import load_viewer
+from notify.prepared import PreparedIn
+from notify.visibility import load_viewers
 
 logger = logging.getLogger(__name__)
 
@@ -119,44 +120,64 @@ class Verdict:
     expires: float | None = None
 
 
-_LIVE_TOKEN = Prepared(
-    lambda pk, user_id: APIToken.objects.filter(
-        pk=pk, user_id=user_id, user__is_active=True
-    ).values_list("pk"),
-    [int, int],
+_LIVE_TOKENS = PreparedIn(
+    lambda pks: APIToken.objects.filter(pk__in=pks, user__is_active=True).values_list(
+        "pk", "user_id"
+    ),
+    int,
 )
 
 
-def _user_active(user_id: int) -> bool:
+@cache
+def _active_query(user_model: Any) -> PreparedIn | None:
+    """Active users among some ids, in one query; None when the user model
+    has no ``is_active`` column (then each user is loaded, see below)."""
+    if "is_active" not in {f.attname for f in user_model._meta.concrete_fields}:
+        return None
+    return PreparedIn(
+        lambda pks: user_model._default_manager.filter(
+            pk__in=pks, is_active=True
+        ).values_list("pk"),
+        int,
+    )
+
+
+def _active_users(user_ids: set[int]) -> set[int]:
     user_model: Any = auth.get_user_model()
-    user = user_model._default_manager.filter(pk=user_id).first()
-    return user is not None and getattr(user, "is_active", True)
+    query = _active_query(user_model)
+    if query is not None:
+        return {int(pk) for (pk,) in query.rows(sorted(user_ids))}
+    users = user_model._default_manager.filter(pk__in=user_ids)
+    return {int(user.pk) for user in users if getattr(user, "is_active", True)}
 
 
 def check(items: Sequence[tuple[int, int | str | None]]) -> list[Verdict]:
     """Re-check ``(user id, credential)`` pairs against the database
-    (synchronous: it runs on the opening thread)."""
-    channels: dict[int, frozenset[str]] = {}
+    (synchronous: it runs on the opening thread). Each kind of lookup is one
+    query for all of them (users, their groups, tokens, sessions), not one
+    per pair: a group change re-checks hundreds of streams at once."""
+    active = _active_users({user_id for user_id, _ in items})
+    viewers = load_viewers(active)
+    token_ids = sorted({c for _, c in items if isinstance(c, int)})
+    tokens = dict(_LIVE_TOKENS.rows(token_ids)) if token_ids else {}
+    sessions = session_users({c for _, c in items if isinstance(c, str)})
     verdicts = []
     for user_id, credential in items:
-        if user_id not in channels:
-            active = _user_active(user_id)
-            channels[user_id] = load_viewer(user_id).channels if active else frozenset()
-        if not channels[user_id]:
+        if user_id not in active:
             verdicts.append(Verdict(USER_INACTIVE))
-        elif isinstance(credential, int):
-            alive = _LIVE_TOKEN.rows(credential, user_id)
-            verdicts.append(
-                Verdict(None if alive else TOKEN_REVOKED, channels[user_id])
-            )
+            continue
+        channels = viewers[user_id].channels
+        if isinstance(credential, int):
+            alive = tokens.get(credential) == user_id
+            verdicts.append(Verdict(None if alive else TOKEN_REVOKED, channels))
         elif isinstance(credential, str):
-            owner, expires = session_user(credential)
+            owner, expires = sessions[credential]
             if owner != user_id:
                 verdicts.append(Verdict(SESSION_ENDED))
             else:
-                verdicts.append(Verdict(None, channels[user_id], expires))
+                verdicts.append(Verdict(None, channels, expires))
         else:
-            verdicts.append(Verdict(None, channels[user_id]))
+            verdicts.append(Verdict(None, channels))
     return verdicts
 
 

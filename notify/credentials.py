@@ -16,7 +16,7 @@ fails when the Django code mirrored here changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -184,15 +184,6 @@ def _in_field_order(model: Any, attnames: tuple[str, ...]) -> list[str]:
 
 _NOBODY = (0, None)
 
-
-def _session_user_id(key: str | None) -> tuple[int, float | None] | None:
-    """The session's user id (0 for nobody) and expiry, or None: ask Django."""
-    found = _session_users({key})[key]
-    if isinstance(found, Exception):
-        raise found
-    return found
-
-
 _ASK_DJANGO = None
 
 
@@ -309,9 +300,23 @@ def session_user(key: str) -> tuple[int, float | None]:
     session key for a hash made with a fallback key, no flush of a session
     whose hash no longer matches (that one just belongs to nobody). Open
     streams are re-checked with it (:mod:`notify.access`)."""
-    fast = _session_user_id(key)
-    if fast is not None:
-        return fast
+    return session_users([key])[key]
+
+
+def session_users(keys: Iterable[str]) -> dict[str, tuple[int, float | None]]:
+    """:func:`session_user` for several sessions: the common case in two
+    queries for all of them (the sessions, then their users)."""
+    answers: dict[str, tuple[int, float | None]] = {}
+    for key, found in _session_users(set(keys)).items():
+        if isinstance(found, Exception):
+            raise found
+        assert key is not None  # only the keys asked for
+        answers[key] = _django_session_user(key) if found is None else found
+    return answers
+
+
+def _django_session_user(key: str) -> tuple[int, float | None]:
+    """:func:`session_user` through Django's session store and backend."""
     store = _session_store()(key)
     session = store.load()  # {} when missing or expired; nothing is written
     user_key = session.get(auth.SESSION_KEY)

@@ -504,3 +504,65 @@ async def test_access_changes_are_sent_in_the_order_they_were_committed(
     finally:
         await listener.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
+
+
+def test_a_recheck_of_many_streams_reads_each_kind_of_record_once(
+    users, django_assert_max_num_queries
+):
+    """check() answers every pair as one re-check at a time would, with a
+    query per kind of record (users, groups, tokens, sessions and their
+    users) however many pairs there are."""
+    from django.contrib.auth.models import Group
+    from django.test import Client
+
+    from notify.access import SESSION_ENDED, TOKEN_REVOKED, USER_INACTIVE, check
+
+    def session_of(user: User) -> str:
+        client = Client()
+        client.force_login(user)
+        return client.cookies["sessionid"].value
+
+    alice, bob, carol = users["alice"], users["bob"], users["carol"]
+    alive, _ = create_token(alice)
+    revoked, _ = create_token(alice)
+    revoked_pk = revoked.pk
+    revoked.delete()
+    bobs, _ = create_token(bob)
+    alices_session, bobs_session = session_of(alice), session_of(bob)
+    carols_token, _ = create_token(carol)
+    carol.is_active = False
+    carol.save()
+    ops = Group.objects.get(name="ops")
+    items: list[tuple[int, int | str | None]] = [
+        (alice.pk, alive.pk),
+        (alice.pk, revoked_pk),
+        (alice.pk, bobs.pk),  # another user's token
+        (bob.pk, bobs.pk),
+        (alice.pk, alices_session),
+        (alice.pk, bobs_session),  # another user's session
+        (bob.pk, bobs_session),
+        (alice.pk, "no-such-session"),
+        (bob.pk, None),
+        (carol.pk, carols_token.pk),
+        (987654, None),  # a deleted user
+    ]
+    with django_assert_max_num_queries(6):
+        verdicts = check(items * 20)
+    reasons = [v.reason for v in verdicts[: len(items)]]
+    assert reasons == [
+        None,
+        TOKEN_REVOKED,
+        TOKEN_REVOKED,
+        None,
+        None,
+        SESSION_ENDED,
+        None,
+        SESSION_ENDED,
+        None,
+        USER_INACTIVE,
+        USER_INACTIVE,
+    ]
+    assert [v.reason for v in verdicts] == reasons * 20
+    assert verdicts[3].channels == {"all", f"user:{bob.pk}", f"group:{ops.pk}"}
+    assert verdicts[0].channels == {"all", f"user:{alice.pk}"}
+    assert verdicts[4].expires is not None
