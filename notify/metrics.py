@@ -13,6 +13,7 @@ Without it, ``render()`` reports this process alone.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -66,6 +67,47 @@ class Gauge(prometheus_client.Gauge):
     value = property(_own_value)
 
 
+class Tally:
+    """A count kept as a plain number and added to ``counter`` once per turn
+    of the event loop that counted it (or when the process exits).
+
+    In multiprocess mode every ``inc()`` of a counter writes its file under a
+    lock, about 2.3 µs here: a broadcast to 50,000 streams made 50,000 such
+    writes. Through a tally, each stream adds to a number, and the loop's
+    next turn writes the sum once.
+    """
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._pending = 0
+        self._lock = threading.Lock()  # streams may count on several loops
+        self._flush_on: asyncio.AbstractEventLoop | None = None
+        atexit.register(self.flush)
+
+    def inc(self, amount: int = 1) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            self._pending += amount
+            if loop is not None and loop is self._flush_on:
+                return  # this loop's next turn writes it
+            self._flush_on = loop
+        if loop is None:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Add what was counted to the counter now."""
+        with self._lock:
+            amount, self._pending = self._pending, 0
+            self._flush_on = None
+        if amount:
+            self._counter.inc(amount)
+
+
 OPEN_STREAMS = Gauge("notify_open_streams", "Open event streams and long polls.")
 PUBLISHED = Counter("notify_notifications_published_total", "Notifications published.")
 DELIVERED = Counter(
@@ -93,6 +135,9 @@ REFUSED = Counter(
 BROKER_RECONNECTS = Counter(
     "notify_broker_reconnects_total", "Broker connections re-established."
 )
+
+# What live streams deliver, one message at a time on every stream.
+DELIVERED_LIVE = Tally(DELIVERED)
 
 PROCESSES = Gauge("notify_processes", "Server processes reporting these metrics.")
 RESIDENT_MEMORY = Gauge(
@@ -209,6 +254,7 @@ REGISTRY.register(_Collector())
 
 def render() -> bytes:
     """Every metric in the Prometheus text format (``CONTENT_TYPE_LATEST``)."""
+    DELIVERED_LIVE.flush()
     return generate_latest(REGISTRY)
 
 

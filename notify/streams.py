@@ -206,7 +206,7 @@ async def event_stream(
                             last_sent = message.id
                             delivered += 1
                     if delivered:
-                        metrics.DELIVERED.inc(delivered)
+                        metrics.DELIVERED_LIVE.inc(delivered)
                     if chunks:
                         yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
                         keepalive.last_output = loop.time()

@@ -148,6 +148,42 @@ async def test_counters_move_when_a_notification_is_published_and_delivered(
         await _until(client, server.url, lambda v: v["notify_open_streams"] == 0)
 
 
+async def test_a_tally_reaches_its_counter_once_per_turn_of_the_loop():
+    counter = metrics.Counter("tally_test_total", "A tally's counter.")
+    tally = metrics.Tally(counter)
+    for _ in range(1000):
+        tally.inc(2)
+    assert counter.value == 0  # counted, not written yet
+    await asyncio.sleep(0)
+    assert counter.value == 2000
+    tally.inc()
+    tally.flush()  # as render() does before it reads
+    assert counter.value == 2001
+    await asyncio.sleep(0)
+    assert counter.value == 2001  # nothing counted twice
+
+
+def test_a_tally_counts_what_a_loop_counted_as_it_ended_and_outside_any_loop():
+    counter = metrics.Counter("tally_ending_total", "A tally's counter.")
+    tally = metrics.Tally(counter)
+
+    async def count() -> None:
+        tally.inc(5)  # the last thing this loop runs
+
+    asyncio.run(count())
+    assert counter.value == 5
+    asyncio.run(count())  # another loop
+    assert counter.value == 10
+    tally.inc(1)  # outside any loop: written at once
+    assert counter.value == 11
+
+
+def test_render_includes_what_live_streams_counted_this_turn():
+    before = metrics.DELIVERED.value
+    metrics.DELIVERED_LIVE.inc(3)
+    assert samples(metrics.render().decode())[DELIVERED] == before + 3
+
+
 def _resident_bytes(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_bytes()
     return int(stat[stat.rfind(b")") + 2 :].split()[21]) * os.sysconf("SC_PAGE_SIZE")
