@@ -153,14 +153,17 @@ def _active_users(user_ids: set[int]) -> set[int]:
 
 def check(items: Sequence[tuple[int, int | str | None]]) -> list[Verdict]:
     """Re-check ``(user id, credential)`` pairs against the database
-    (synchronous: it runs on the opening thread). Each kind of lookup is one
-    query for all of them (users, their groups, tokens, sessions), not one
-    per pair: a group change re-checks hundreds of streams at once."""
+    (synchronous: it runs on the opening thread). Each kind of lookup (users,
+    their groups, tokens, sessions) is one query per 64 distinct records, not
+    one per pair: a group change re-checks hundreds of streams at once. Only
+    active users' credentials are looked up."""
     active = _active_users({user_id for user_id, _ in items})
     viewers = load_viewers(active)
-    token_ids = sorted({c for _, c in items if isinstance(c, int)})
+    token_ids = sorted({c for u, c in items if isinstance(c, int) and u in active})
     tokens = dict(_LIVE_TOKENS.rows(token_ids)) if token_ids else {}
-    sessions = session_users({c for _, c in items if isinstance(c, str)})
+    sessions = session_users(
+        {c for u, c in items if isinstance(c, str) and u in active}
+    )
     verdicts = []
     for user_id, credential in items:
         if user_id not in active:

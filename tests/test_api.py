@@ -582,11 +582,22 @@ async def test_a_request_django_refuses_before_any_view_is_a_json_400(
     assert body(response) == {"error": error}
 
 
+@pytest.mark.parametrize(
+    ("own_path", "own_page", "notify_path"),
+    [
+        # its own api/ after notify's include
+        ("/api/orders", b"the host's orders", "/api/notifications/nope"),
+        # its own page under events/, listed before notify's include
+        ("/events/calendar", b"the host's calendar", "/events/archive"),
+    ],
+)
 @override_settings(ROOT_URLCONF="tests.support.root_host_urls")
-async def test_a_host_with_notify_at_its_root_keeps_its_own_api(admin):
-    own = await admin.get("/api/orders")
+async def test_a_host_with_notify_at_its_root_keeps_its_own_paths(
+    admin, own_path, own_page, notify_path
+):
+    own = await admin.get(own_path)
     assert own.status_code == 200
-    assert own.content == b"the host's orders"
-    ours = await admin.get("/api/notifications/nope")
+    assert own.content == own_page
+    ours = await admin.get(notify_path)
     assert ours.status_code == 404
     assert body(ours) == {"error": "no such endpoint"}

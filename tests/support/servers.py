@@ -67,7 +67,7 @@ def slot_counts(url: str) -> dict[str, str]:
 
 def port_range() -> range:
     """The ports this test run's servers listen on: ``NOTIFY_TEST_PORTS``
-    (``"24000-27999"``), or 20000-32000.
+    (``"24000-27999"``, both ends included), or 20000-31999.
 
     Below Linux's ephemeral range (32768 and up), so that no outgoing
     connection takes a chosen port before its server has bound it. Runs going
@@ -86,6 +86,9 @@ def port_range() -> range:
 
 # Not the module's random: pytest-randomly seeds that one alike for every test.
 _ports = random.SystemRandom()
+# Ports this process has handed out: a server given one may not have bound it
+# yet when the next is chosen, and two servers must never get the same port.
+_handed_out: set[int] = set()
 
 
 def free_port() -> int:
@@ -103,13 +106,15 @@ def port_free(port: int) -> bool:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` consecutive free ports of :func:`port_range`
-    (``scripts/stack`` puts its workers on consecutive ports)."""
+    """``count`` consecutive free ports of :func:`port_range`, none handed
+    out before by this process (``scripts/stack`` puts its workers on
+    consecutive ports)."""
     ports = port_range()
     for _ in range(200):
         base = _ports.randrange(ports.start, ports.stop - count + 1)
         chosen = list(range(base, base + count))
-        if all(port_free(p) for p in chosen):
+        if _handed_out.isdisjoint(chosen) and all(port_free(p) for p in chosen):
+            _handed_out.update(chosen)
             return chosen
     raise RuntimeError(f"no {count} free ports in {ports}")
 
