@@ -261,6 +261,19 @@ async def test_published_notification_shows_in_inbox_and_as_toast_within_a_secon
     await expect(page.locator("#announcer")).to_contain_text("Payment service is down")
     await expect(page).to_have_title(re.compile(r"^\(1\) Inbox"))
 
+
+async def test_the_inbox_counts_marks_read_and_fits_a_phone(browsing, stack, artifacts):
+    page = await browsing.inbox("alice")
+    await expect(connection(page)).to_have_attribute("data-transport", "stream")
+    sent = await stack.publish(
+        "Payment service is down",
+        body="Checkout fails for all customers. The on-call engineer is on it.",
+        level="critical",
+        url="/status",
+    )
+    await expect(note(page, sent)).to_be_visible()
+    await expect(page.locator("#unread-count")).to_have_text("1")
+
     for title, body, level in [
         ("New teammate", "Say hello to Carol, who joins the platform team.", "info"),
         ("Disk space low on db-2", "Only 8% left on /var/lib/postgresql.", "warning"),

@@ -25,8 +25,8 @@ from tests.support.servers import ROOT, auth
 pytestmark = pytest.mark.timing
 
 READS = 8
-HOLD_SECONDS = 6.0
-LOCK_TIMEOUT = "3"
+HOLD_SECONDS = 4.0
+LOCK_TIMEOUT = "2"
 
 
 @pytest.fixture
