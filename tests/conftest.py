@@ -48,6 +48,45 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the database backend of the whole run (default: sqlite, or "
         "NOTIFY_TEST_DATABASE); postgres starts a throwaway cluster",
     )
+    parser.addoption(
+        "--database-tests-only",
+        action="store_true",
+        help="leave out the tests that use no database (a run on a second "
+        "backend would only repeat them)",
+    )
+
+
+# A test uses the run's database if it needs one of these (or is marked
+# django_db): the ORM in this process, or the database's URL for the servers
+# and commands it starts, or the backend's name to choose what it checks.
+DATABASE_FIXTURES = frozenset(
+    {
+        "db",
+        "transactional_db",
+        "django_db_setup",
+        "test_database_url",
+        "test_db_path",
+        "postgres_cluster",
+        "database_backend",
+    }
+)
+
+
+def uses_database(item: pytest.Item) -> bool:
+    if item.get_closest_marker("django_db") is not None:
+        return True
+    return not DATABASE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if not config.getoption("--database-tests-only"):
+        return
+    keep = [item for item in items if uses_database(item)]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if not uses_database(i)])
+        items[:] = keep
 
 
 def pytest_configure(config: pytest.Config) -> None:
