@@ -3,7 +3,7 @@
 ``python -m bench.sockets [--streams 9000] [--broadcasts 20] [--rounds 2]``
 
 The hop from a worker to nginx, without either: a uvloop server holds
-``--streams`` accepted connections and writes one SSE frame of 250 bytes to
+``--streams`` accepted connections and writes one SSE frame of 239 bytes to
 each of them per broadcast, ``--broadcasts`` times 0.1 s apart, the way a
 worker fans a broadcast out; a second process reads all of them with
 ``epoll``, the way nginx does. Each side's CPU time over the broadcasts,
@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import resource
 import select
 import socket
 import sys
@@ -37,6 +38,7 @@ def _read(
     conns = []
     for _ in range(n):
         conn = socket.socket(family, socket.SOCK_STREAM)
+        conn.settimeout(10)
         conn.connect(address)
         conn.setblocking(False)
         conns.append(conn)
@@ -55,6 +57,9 @@ def _read(
                 try:
                     data = by_fd[fd].recv(65536)
                 except BlockingIOError:
+                    break
+                if not data:  # closed: nothing more will come
+                    poller.unregister(fd)
                     break
                 got += len(data)
                 if len(data) < 65536:
@@ -81,23 +86,30 @@ async def _once(kind: str, n: int, broadcasts: int, path: str) -> tuple[float, f
     fork = multiprocessing.get_context("fork")
     ready, go, done = fork.Event(), fork.Event(), fork.Queue()
     want = n * len(FRAME) * broadcasts
-    reader = fork.Process(target=_read, args=(kind, address, n, want, ready, go, done))
+    reader = fork.Process(
+        target=_read, args=(kind, address, n, want, ready, go, done), daemon=True
+    )
     reader.start()
     loop = asyncio.get_running_loop()
-    await asyncio.wait_for(all_in.wait(), 60)
-    await loop.run_in_executor(None, ready.wait, 60)
-    go.set()
-    started = time.process_time()
-    for _ in range(broadcasts):
+    try:
+        await asyncio.wait_for(all_in.wait(), 60)
+        if not await loop.run_in_executor(None, ready.wait, 60):
+            raise RuntimeError(f"{kind}: the reader did not connect within 60 s")
+        go.set()
+        started = time.process_time()
+        for _ in range(broadcasts):
+            for writer in writers:
+                writer.transport.write(FRAME)
+            await asyncio.sleep(0.1)
+        written = time.process_time() - started
+        read, got = await loop.run_in_executor(None, done.get, True, 180)
+    finally:
+        if reader.is_alive():
+            reader.terminate()
+        reader.join(10)
+        server.close()
         for writer in writers:
-            writer.transport.write(FRAME)
-        await asyncio.sleep(0.1)
-    written = time.process_time() - started
-    read, got = await loop.run_in_executor(None, done.get, True, 180)
-    reader.join(10)
-    server.close()
-    for writer in writers:
-        writer.transport.abort()
+            writer.transport.abort()
     if got < want:
         raise RuntimeError(f"{kind}: read {got} of {want} bytes")
     deliveries = n * broadcasts
@@ -110,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broadcasts", type=int, default=20)
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
+    # Each side holds a file per connection.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = args.streams + 256
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        p.error(
+            f"--streams {args.streams} needs {wanted} open files; the limit is {hard}"
+        )
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     with tempfile.TemporaryDirectory(prefix="notify-sockets-") as tmp:
         path = os.path.join(tmp, "s.sock")
         for _ in range(args.rounds):

@@ -239,7 +239,7 @@ def note(page: Page, notification_id: int) -> Locator:
 
 @pytest.mark.timing
 async def test_published_notification_shows_in_inbox_and_as_toast_within_a_second(
-    browsing, stack, artifacts
+    browsing, stack
 ):
     page = await browsing.inbox("alice")
     await expect(connection(page)).to_have_attribute("data-transport", "stream")
