@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import resource
 import select
 import socket
 import sys
@@ -27,6 +26,8 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 import uvloop
+
+from bench import servers
 
 FRAME = b"id: 123456\nevent: notification\ndata: " + b"x" * 200 + b"\n\n"
 
@@ -123,14 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
     # Each side holds a file per connection.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = args.streams + 256
-    if hard != resource.RLIM_INFINITY and hard < wanted:
+    limit = servers.raise_fd_limit()
+    if limit < args.streams + 256:
         p.error(
-            f"--streams {args.streams} needs {wanted} open files; the limit is {hard}"
+            f"--streams {args.streams} needs {args.streams + 256} open files; the limit is {limit}"
         )
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     with tempfile.TemporaryDirectory(prefix="notify-sockets-") as tmp:
         path = os.path.join(tmp, "s.sock")
         for _ in range(args.rounds):

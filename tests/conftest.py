@@ -83,9 +83,12 @@ def pytest_collection_modifyitems(
 ) -> None:
     if not config.getoption("--database-tests-only"):
         return
-    keep = [item for item in items if uses_database(item)]
-    if len(keep) < len(items):
-        config.hook.pytest_deselected(items=[i for i in items if not uses_database(i)])
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        (keep if uses_database(item) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
         items[:] = keep
 
 

@@ -237,6 +237,15 @@ def note(page: Page, notification_id: int) -> Locator:
     return page.locator(f'#notes .note[data-id="{notification_id}"]')
 
 
+async def _publish_outage(stack: Stack) -> int:
+    return await stack.publish(
+        "Payment service is down",
+        body="Checkout fails for all customers. The on-call engineer is on it.",
+        level="critical",
+        url="/status",
+    )
+
+
 @pytest.mark.timing
 async def test_published_notification_shows_in_inbox_and_as_toast_within_a_second(
     browsing, stack
@@ -245,12 +254,7 @@ async def test_published_notification_shows_in_inbox_and_as_toast_within_a_secon
     await expect(connection(page)).to_have_attribute("data-transport", "stream")
     await expect(page.locator("#empty")).to_be_visible()
 
-    sent = await stack.publish(
-        "Payment service is down",
-        body="Checkout fails for all customers. The on-call engineer is on it.",
-        level="critical",
-        url="/status",
-    )
+    sent = await _publish_outage(stack)
 
     item = note(page, sent)
     await expect(item).to_be_visible(timeout=1000)
@@ -265,12 +269,7 @@ async def test_published_notification_shows_in_inbox_and_as_toast_within_a_secon
 async def test_the_inbox_counts_marks_read_and_fits_a_phone(browsing, stack, artifacts):
     page = await browsing.inbox("alice")
     await expect(connection(page)).to_have_attribute("data-transport", "stream")
-    sent = await stack.publish(
-        "Payment service is down",
-        body="Checkout fails for all customers. The on-call engineer is on it.",
-        level="critical",
-        url="/status",
-    )
+    sent = await _publish_outage(stack)
     await expect(note(page, sent)).to_be_visible()
     await expect(page.locator("#unread-count")).to_have_text("1")
 
