@@ -21,6 +21,7 @@ from notify.opening import forget_opener
 from notify.tokens import create_token, write_used
 from tests.support.api import Client
 from tests.support.browser import chromium
+from tests.support.forkserver import stop_fork_servers
 from tests.support.postgres import PostgresCluster, connections_to
 from tests.support.prefixed import PrefixedServer, prefixed_server
 from tests.support.servers import (  # noqa: F401
@@ -102,6 +103,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "timing: asserts how long something takes; where NOTIFY_TEST_LOCK is "
         "set (.ci/run's concurrent runs), runs while the other runs wait",
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stop_fork_servers()
 
 
 def _interrupt(signum: int, frame: object) -> None:

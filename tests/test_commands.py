@@ -18,6 +18,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from notify.models import APIToken, Notification, ReadMark, RetentionMark
+from tests.support import forkserver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,15 +30,7 @@ def run(*args: str) -> tuple[str, str]:
 
 
 def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return forkserver.run([sys.executable, "manage.py", *args], env, timeout=60)
 
 
 async def inbox_status(token: str) -> int:

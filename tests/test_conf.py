@@ -18,6 +18,7 @@ from django.test import override_settings
 
 from notify.checks import check_settings
 from notify.conf import Rate, conf
+from tests.support import forkserver
 from tests.support.servers import ROOT, auth
 
 BAD_ENV = [
@@ -70,14 +71,7 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        COMMANDS[command],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return forkserver.run(COMMANDS[command], env, timeout=60)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -106,14 +100,7 @@ HTTPS_SETTINGS = [
 
 
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return forkserver.run([sys.executable, "-c", code], env, timeout=60)
 
 
 def _loaded(env: dict[str, str], names: list[str]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ It has its own SQLite database, so it runs once per test run (with SQLite).
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from django.db import models
 from django.test.utils import isolate_apps
 
 from notify.accounts import check_user_model
+from tests.support import forkserver
 from tests.support.servers import (
     ROOT,
     UvicornServer,
@@ -175,14 +175,7 @@ def test_a_user_model_notify_cannot_serve_stops_the_start(
         "DATABASE_URL": f"sqlite:///{tmp_path / 'members.sqlite3'}",
         "PYTHONPATH": str(ROOT),
     }
-    started = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    started = forkserver.run([sys.executable, "manage.py", "check"], env, timeout=60)
     assert started.returncode != 0
     assert (
         "ImproperlyConfigured: AUTH_USER_MODEL people.Member lacks an is_active "

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.checks import Tags, run_checks
 from django.test import override_settings
 
+from tests.support import forkserver
 from tests.support.servers import ROOT
 
 SECURE: dict[str, Any] = {
@@ -122,14 +123,7 @@ def test_manage_py_check_deploy_passes_with_secure_environment(tmp_path):
     command = [sys.executable, "manage.py", "check", "--deploy", "--fail-level"]
 
     def check(**extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*command, "WARNING"],
-            env=env | extra,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return forkserver.run([*command, "WARNING"], env | extra, timeout=60)
 
     passed = check()
     assert passed.returncode == 0, passed.stderr

@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from notify.publishing import _ADVISORY_LOCK
+from tests.support import forkserver
 from tests.support.locks import PUBLISHERS, hold_lock, release
-from tests.support.servers import ROOT, auth
+from tests.support.servers import auth
 
 pytestmark = pytest.mark.timing
 
@@ -131,12 +132,9 @@ def test_the_lock_timeout_comes_from_the_environment(server_env):
     code = "from django.conf import settings; print(settings.DATABASES['default']['OPTIONS'])"
 
     def load(value: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return forkserver.run(
             [sys.executable, "-c", code],
-            cwd=ROOT,
-            env=server_env | {"DATABASE_LOCK_TIMEOUT": value},
-            capture_output=True,
-            text=True,
+            server_env | {"DATABASE_LOCK_TIMEOUT": value},
             timeout=60,
         )
 

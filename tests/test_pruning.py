@@ -3,7 +3,6 @@ their own every ``NOTIFY_PRUNE_SECONDS``; ``notify_prune`` does it for cron."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -13,7 +12,7 @@ from django.utils import timezone
 
 from notify.models import Notification, RetentionMark
 from notify.pruning import start_pruner
-from tests.support.servers import ROOT
+from tests.support import forkserver
 
 
 def _old(title: str = "old") -> Notification:
@@ -29,12 +28,9 @@ def _titles() -> list[str]:
 def test_publishing_deletes_nothing(users, server_env):
     """In a fresh process, as a publish from a shell or a worker would be."""
     _old()
-    sent = subprocess.run(
+    sent = forkserver.run(
         [sys.executable, "manage.py", "notify_send", "--all", "--title", "new"],
-        cwd=ROOT,
-        env=server_env,
-        capture_output=True,
-        text=True,
+        server_env,
         timeout=60,
     )
     assert sent.returncode == 0, sent.stderr
@@ -61,12 +57,9 @@ def test_a_server_process_does_not_prune_when_off(settings):
 
 @pytest.mark.parametrize("value", ["-1", "soon"])
 def test_a_bad_prune_interval_fails_at_start(server_env, value):
-    loaded = subprocess.run(
+    loaded = forkserver.run(
         [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=server_env | {"NOTIFY_PRUNE_SECONDS": value},
-        capture_output=True,
-        text=True,
+        server_env | {"NOTIFY_PRUNE_SECONDS": value},
         timeout=60,
     )
     assert loaded.returncode != 0

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import forkserver
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,14 +41,7 @@ def auth(token: str) -> dict[str, str]:
 
 def manage(env: dict[str, str], *argv: str) -> str:
     """Run ``manage.py`` in a process of its own; its output, once it succeeded."""
-    result = subprocess.run(
-        [sys.executable, "manage.py", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    result = forkserver.run([sys.executable, "manage.py", *argv], env, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -151,19 +146,14 @@ class Process:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.argv, self.env, self.log = argv, env, log
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
 
     def start(self) -> None:
         self._log_file = self.log.open("ab")
         self._log_start = self._log_file.tell()  # where this start's output begins
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=ROOT,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        # A Python server is forked from an interpreter that has imported its
+        # dependencies already (tests/support/forkserver.py).
+        self.proc = forkserver.popen(self.argv, self.env, ROOT, self._log_file)
 
     @property
     def running(self) -> bool:

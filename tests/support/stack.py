@@ -15,6 +15,7 @@ from pathlib import Path
 
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
+from tests.support import forkserver
 from tests.support.servers import ROOT, Process, _port_open, free_port, need, wait_for
 
 TEMPLATE = ROOT / "nginx.conf"
@@ -161,12 +162,9 @@ class Nginx(Process):
 
 def collectstatic(static_root: Path, env: dict[str, str]) -> None:
     """``manage.py collectstatic`` into ``static_root``, as a deploy would."""
-    result = subprocess.run(
+    result = forkserver.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env | {"STATIC_ROOT": str(static_root)},
-        capture_output=True,
-        text=True,
+        env | {"STATIC_ROOT": str(static_root)},
         timeout=60,
     )
     if result.returncode != 0:
