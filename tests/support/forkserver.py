@@ -228,6 +228,11 @@ def _run(argv: list[str]) -> int:
         sys.path[0] = ""
         main = type(sys)("__main__")
         sys.modules["__main__"] = main
+        if sys.version_info >= (3, 13):  # its tracebacks quote ``-c`` code
+            import linecache
+
+            lines = argv[1].splitlines(keepends=True)
+            linecache.cache["<string>"] = (len(argv[1]), None, lines, "<string>")
         exec(compile(argv[1], "<string>", "exec"), main.__dict__)
     else:
         sys.path[0] = str(Path(argv[0]).resolve().parent)
@@ -382,15 +387,19 @@ class ForkedProcess:
 
 
 _servers: dict[tuple[tuple[str, str], ...], _ForkServer] = {}
+# Tests start servers from several threads at once: one fork server per key,
+# or a second one would replace the first, whose children die with it.
+_servers_lock = threading.Lock()
 
 
 def _server_for(argv: list[str], env: dict[str, str]) -> _ForkServer | None:
     if os.environ.get("NOTIFY_TEST_FORK", "1") == "0" or argv[0] != sys.executable:
         return None
     key = _interpreter_key(env)
-    if key not in _servers:
-        _servers[key] = _ForkServer(key)
-    return _servers[key]
+    with _servers_lock:
+        if key not in _servers:
+            _servers[key] = _ForkServer(key)
+        return _servers[key]
 
 
 def popen(
@@ -451,8 +460,9 @@ def _text(captured: IO[bytes]) -> str:
 
 def stop_fork_servers() -> None:
     """Stop the fork servers (and anything they still run); at the end of a run."""
-    while _servers:
-        _servers.popitem()[1].close()
+    with _servers_lock:
+        while _servers:
+            _servers.popitem()[1].close()
 
 
 if __name__ == "__main__":
