@@ -110,16 +110,19 @@ def _serve(control: socket.socket) -> None:
                     os.close(fd)
                 continue
             pid = os.fork()
-            if pid == 0:  # the child: never returns
-                control.close()
-                for other in children.values():
-                    other.close()
-                status.close()
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os.close(wake_r)
-                os.close(wake_w)
-                _child(request, fds[:3])
+            if pid == 0:  # the child: never returns to this loop
+                try:
+                    control.close()
+                    for other in children.values():
+                        other.close()
+                    status.close()
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    _child(request, fds[:3])
+                finally:
+                    os._exit(1)
             for fd in fds[:3]:
                 os.close(fd)
             status.send(json.dumps({"pid": pid}).encode())
