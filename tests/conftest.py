@@ -115,11 +115,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 # Test runs going at the same time (.ci/run) share NOTIFY_TEST_LOCK, a lock
 # file: every test holds it shared, from its set-up to its teardown, and a test
-# marked `timing` holds it alone, so no other run's test loads the CPU while it
-# measures. Its companion file ".gate" lets a timing test in ahead of the
-# shared holders queued after it. Every wait is bounded: past LOCK_WAIT
-# seconds a test goes ahead without the lock.
+# marked `timing` holds it alone while its body runs (its set-up, which starts
+# its servers, and its teardown hold it shared like any other test's), so no
+# other run's test loads the CPU while it measures. Its companion file ".gate"
+# lets a timing test in ahead of the shared holders queued after it. Every
+# wait is bounded: past LOCK_WAIT seconds a test goes ahead without the lock.
 LOCK_WAIT = 180.0
+_run_lock = pytest.StashKey[Any]()  # the test's open lock file
+_timer = pytest.StashKey[Any]()  # the settings of pytest-timeout's timer
 
 
 def _flock(file: Any, operation: int, deadline: float) -> bool:
@@ -133,17 +136,27 @@ def _flock(file: Any, operation: int, deadline: float) -> bool:
             time.sleep(0.02)
 
 
-@contextlib.contextmanager
-def _run_lock(path: str, alone: bool) -> Iterator[None]:
+def _take(lock: Any, alone: bool) -> None:
+    """Take ``lock`` shared or alone, through the gate (whatever it held
+    before is released first: flock converts, not atomically)."""
     deadline = time.monotonic() + LOCK_WAIT
-    with open(path + ".gate", "a") as gate, open(path, "a") as lock:
+    with open(lock.name + ".gate", "a") as gate:
         gated = _flock(gate, fcntl.LOCK_EX, deadline)
         try:
             _flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH, deadline)
         finally:
             if gated and not alone:
                 fcntl.flock(gate, fcntl.LOCK_UN)
-        yield  # closing the files releases what is still held
+        if alone:  # the gate stays closed to shared holders until it is done
+            lock.gate = os.dup(gate.fileno())
+
+
+def _give_back(lock: Any) -> None:
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    gate = getattr(lock, "gate", None)
+    if gate is not None:
+        os.close(gate)  # the gate's lock goes with its last descriptor
+        lock.gate = None
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -153,8 +166,39 @@ def pytest_runtest_protocol(
     path = os.environ.get("NOTIFY_TEST_LOCK")
     if not path:
         return (yield)
-    with _run_lock(path, alone=item.get_closest_marker("timing") is not None):
+    with open(path, "a") as lock:  # closing it releases what is still held
+        _take(lock, alone=False)
+        item.stash[_run_lock] = lock
+        try:
+            return (yield)
+        finally:
+            del item.stash[_run_lock]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    item.stash[_timer] = settings  # and pytest-timeout goes on to set it
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    lock = item.stash.get(_run_lock, None)
+    if lock is None or item.get_closest_marker("timing") is None:
         return (yield)
+    # The wait for the other runs' tests is not this test's time: its timeout
+    # (pytest-timeout's, over set-up, body and teardown) starts again after it.
+    timer = item.stash.get(_timer, None)
+    if timer is not None:
+        item.config.hook.pytest_timeout_cancel_timer(item=item)
+    _give_back(lock)
+    _take(lock, alone=True)
+    if timer is not None:
+        item.config.hook.pytest_timeout_set_timer(item=item, settings=timer)
+    try:
+        return (yield)
+    finally:
+        _give_back(lock)
+        _take(lock, alone=False)  # for its teardown
 
 
 @pytest.fixture(scope="session")
