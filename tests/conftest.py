@@ -151,8 +151,14 @@ def _take(lock: Any, alone: bool) -> None:
             lock.gate = os.dup(gate.fileno())
 
 
-def _give_back(lock: Any) -> None:
-    fcntl.flock(lock, fcntl.LOCK_UN)
+def _give_back(lock: Any, keep_shared: bool = False) -> None:
+    """Release ``lock``, or with ``keep_shared`` turn alone into shared: no
+    one can take it meanwhile, the gate being still closed."""
+    if keep_shared:  # (held alone: it was, unless the wait for it ran out)
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    else:
+        fcntl.flock(lock, fcntl.LOCK_UN)
     gate = getattr(lock, "gate", None)
     if gate is not None:
         os.close(gate)  # the gate's lock goes with its last descriptor
@@ -175,7 +181,7 @@ def pytest_runtest_protocol(
             del item.stash[_run_lock]
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
     item.stash[_timer] = settings  # and pytest-timeout goes on to set it
 
@@ -197,8 +203,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     try:
         return (yield)
     finally:
-        _give_back(lock)
-        _take(lock, alone=False)  # for its teardown
+        _give_back(lock, keep_shared=True)  # for its teardown
 
 
 @pytest.fixture(scope="session")

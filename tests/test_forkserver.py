@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from tests.support import forkserver
-from tests.support.servers import ROOT, server_base_env
+from tests.support.servers import ROOT, server_base_env, wait_for
 
 REPORT = textwrap.dedent(
     """
@@ -34,19 +35,32 @@ FAILING = "def f():\n    raise ValueError('no')\nf()\n"
 
 
 @pytest.fixture
-def env() -> dict[str, str]:
+def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.delenv("NOTIFY_TEST_FORK", raising=False)  # these fork
     return server_base_env() | {"PYTHONPATH": str(ROOT)}
 
 
 def both(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str]
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path = ROOT,
 ) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
     """``argv`` forked, then started afresh (NOTIFY_TEST_FORK=0)."""
-    forked = forkserver.run(argv, env, timeout=60)
+    forked = forkserver.run(argv, env, timeout=60, cwd=cwd)
     with monkeypatch.context() as fresh:
         fresh.setenv("NOTIFY_TEST_FORK", "0")
-        started = forkserver.run(argv, env, timeout=60)
+        started = forkserver.run(argv, env, timeout=60, cwd=cwd)
     return forked, started
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (an ended orphan stays a zombie until reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def test_a_forked_command_gets_its_own_arguments_environment_and_streams(
@@ -115,3 +129,41 @@ def test_a_forked_process_is_signalled_and_reaped_with_its_exit_status(env, tmp_
         )
         assert quits.wait(30) == 7
     assert log.read_text() == "up\n"
+
+
+def test_a_script_runs_with_its_path_and_threads_as_a_fresh_interpreter_has_them(
+    monkeypatch, env, tmp_path
+):
+    (tmp_path / "script.py").write_text(
+        "import sys, threading, time\n"
+        "print(sys.argv, __file__, sys.path[0])\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    print('the thread ended before the interpreter', flush=True)\n"
+        "threading.Thread(target=late).start()\n"
+    )
+    argv = [sys.executable, "script.py", "x"]
+    forked, started = both(monkeypatch, argv, env, cwd=tmp_path)
+    assert forked.returncode == started.returncode == 0, forked.stderr
+    assert forked.stdout == started.stdout
+    assert forked.stdout.splitlines() == [
+        f"['script.py', 'x'] {tmp_path / 'script.py'} {tmp_path}",
+        "the thread ended before the interpreter",
+    ]
+
+
+def test_children_die_with_their_fork_server_and_the_next_command_gets_a_new_one(
+    env, tmp_path
+):
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with (tmp_path / "child.log").open("ab") as out:
+        child = forkserver.popen(argv, env, ROOT, out)
+        assert isinstance(child, forkserver.ForkedProcess)
+        server = forkserver._server_for(argv, env)
+        assert server is not None
+        server.proc.kill()
+        server.proc.wait(10)
+        assert child.wait(10) == -signal.SIGKILL
+        wait_for(lambda: not running(child.pid), 10, "the orphaned child's end")
+    again = forkserver.run([sys.executable, "-c", "print('up')"], env, timeout=60)
+    assert (again.returncode, again.stdout) == (0, "up\n")

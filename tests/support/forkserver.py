@@ -4,24 +4,31 @@ imported uvicorn and Django.
 A test run starts about a hundred uvicorn servers and as many ``manage.py``
 and ``python -c`` commands. Each fresh interpreter spends about half a second
 of CPU importing uvicorn, Django and their dependencies before it reads a
-setting, two thirds of what a server costs until its first answer: on CI's
-two shared cores, minutes in all. Here one process per test run (the fork
-server, ``python -m tests.support.forkserver``) imports those modules once and
-forks a child for each such command. The child takes the command's
-environment, working directory and standard streams, then runs it as the
-interpreter would (``-m module``, ``script.py`` or ``-c code``): a real
-uvicorn, a real ``manage.py``, configured from scratch. Only modules that read
-neither the environment nor Django's settings when imported are imported
-before the fork (``PRELOADED``); the fork server checks that Django's settings
-are still unread and that it runs no other thread before each fork.
+setting, two thirds of what a server costs until its first answer (0.65
+CPU-seconds): on CI's two shared cores, minutes in all. Here a process of the
+test run (the fork server, ``python -m tests.support.forkserver``) imports
+those modules once and forks a child for each such command (0.22 CPU-seconds
+for a server). The child takes the command's environment, working directory
+and standard streams, then runs it as the interpreter would (``-m module``,
+``script.py`` or ``-c code``), and ends as it does (non-daemon threads
+joined, then the atexit callbacks): a real uvicorn, a real ``manage.py``,
+configured from scratch. It is killed if the fork server dies.
+
+Only modules that keep nothing read from the environment or Django's settings
+at import are imported before the fork (``PRELOADED``: not prometheus_client,
+nor notify's or the project's modules); the fork server checks that Django's
+settings are still unread and that it runs no other thread before each fork.
+What a child still shares with the fork server: the hash seed (``random`` is
+reseeded at each fork), the locale and the standard streams' encoding, and
+the preloaded modules, so that one used without its own import statement
+would be found here and not in a fresh interpreter.
 
 :func:`popen` and :func:`run` stand in for ``subprocess.Popen`` and
 ``subprocess.run`` (with ``capture_output=True, text=True``). They fork only
-``sys.executable`` commands whose interpreter options in the environment
-(``PYTHON*`` variables, but ``PYTHONUNBUFFERED``, which the child applies) are
-those of a fork server, started once for each such set; ``NOTIFY_TEST_FORK=0``
-starts every command afresh instead. Children share the fork server's hash
-seed (``random`` is reseeded at each fork).
+``sys.executable`` commands, through the fork server for their interpreter
+variables (``PYTHON*`` but ``PYTHONUNBUFFERED``, which the child applies),
+started once for each such set; ``NOTIFY_TEST_FORK=0`` starts every command
+afresh instead.
 """
 
 from __future__ import annotations
@@ -104,7 +111,7 @@ def _serve(control: socket.socket) -> None:
             request = json.loads(data)
             status = socket.socket(fileno=fds[3])
             if settings.configured or threading.active_count() != 1:
-                status.send(json.dumps({"error": "fork server not pristine"}).encode())
+                _reply(status, {"error": "fork server not pristine"})
                 status.close()
                 for fd in fds[:3]:
                     os.close(fd)
@@ -112,6 +119,7 @@ def _serve(control: socket.socket) -> None:
             pid = os.fork()
             if pid == 0:  # the child: never returns to this loop
                 try:
+                    _die_with_parent()
                     control.close()
                     for other in children.values():
                         other.close()
@@ -125,8 +133,11 @@ def _serve(control: socket.socket) -> None:
                     os._exit(1)
             for fd in fds[:3]:
                 os.close(fd)
-            status.send(json.dumps({"pid": pid}).encode())
-            children[pid] = status
+            if _reply(status, {"pid": pid}):
+                children[pid] = status
+            else:  # the test gave up waiting for it: nobody would stop it
+                os.kill(pid, signal.SIGKILL)
+                status.close()
             _reap(children)
     finally:
         _stop_all(children)
@@ -142,10 +153,16 @@ def _reap(children: dict[int, socket.socket]) -> None:
             return
         status = children.pop(pid, None)
         if status is not None:
-            code = os.waitstatus_to_exitcode(wait_status)
-            with contextlib.suppress(OSError):
-                status.send(json.dumps({"exit": code}).encode())
+            _reply(status, {"exit": os.waitstatus_to_exitcode(wait_status)})
             status.close()
+
+
+def _reply(status: socket.socket, message: dict[str, Any]) -> bool:
+    try:
+        status.send(json.dumps(message).encode())
+    except OSError:  # the test side has closed its end
+        return False
+    return True
 
 
 def _stop_all(children: dict[int, socket.socket]) -> None:
@@ -161,6 +178,16 @@ def _stop_all(children: dict[int, socket.socket]) -> None:
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the fork server dies (so when the test run does): a
+    server a run started never outlives it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 def _child(request: dict[str, Any], stdio: list[int]) -> None:
@@ -185,25 +212,29 @@ def _child(request: dict[str, Any], stdio: list[int]) -> None:
     for name, stream in streams.items():
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
-    code = 0
+    code, interrupted = 0, False
     try:
         code = _run(request["argv"])
     except SystemExit as stop:
         code = _exit_code(stop)
     except KeyboardInterrupt:
         _print_uncaught()
-        _flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+        interrupted = True
     except BaseException:
         _print_uncaught()
         code = 1
     try:
+        # As the interpreter ends: wait for the threads that are not daemons
+        # (and the executors' workers), then the atexit callbacks.
         import atexit
 
+        threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
     finally:
         _flush()
+        if interrupted:  # as an interpreter ended by Ctrl-C does
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
 
 
@@ -221,26 +252,37 @@ def _output(
 def _run(argv: list[str]) -> int:
     import runpy
 
+    def first_path(entry: str) -> None:  # as the interpreter's sys.path[0]
+        if not sys.flags.safe_path:
+            sys.path[0] = entry
+
     sys.argv = list(argv)
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]  # runpy puts the module's path first
-        sys.path[0] = os.getcwd()
+        first_path(os.getcwd())
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     elif argv[0] == "-c":
         sys.argv = ["-c", *argv[2:]]
-        sys.path[0] = ""
-        main = type(sys)("__main__")
-        sys.modules["__main__"] = main
+        first_path("")
         if sys.version_info >= (3, 13):  # its tracebacks quote ``-c`` code
             import linecache
 
             lines = argv[1].splitlines(keepends=True)
             linecache.cache["<string>"] = (len(argv[1]), None, lines, "<string>")
-        exec(compile(argv[1], "<string>", "exec"), main.__dict__)
+        _exec_main(argv[1], "<string>")
     else:
-        sys.path[0] = str(Path(argv[0]).resolve().parent)
-        runpy.run_path(argv[0], run_name="__main__")
+        script = os.path.abspath(argv[0])  # its __file__ is absolute
+        first_path(os.path.dirname(script))
+        with open(script, "rb") as source:
+            _exec_main(source.read(), script, __file__=script)
     return 0
+
+
+def _exec_main(source: str | bytes, filename: str, **names: str) -> None:
+    main = type(sys)("__main__")
+    main.__dict__.update(names, __builtins__=__builtins__)
+    sys.modules["__main__"] = main
+    exec(compile(source, filename, "exec"), main.__dict__)
 
 
 def _exit_code(stop: SystemExit) -> int:
@@ -290,7 +332,7 @@ class _ForkServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         env.update(key)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
-        with theirs:
+        try:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -305,12 +347,24 @@ class _ForkServer:
                 stderr=subprocess.STDOUT,
                 pass_fds=[theirs.fileno()],
             )
+        except BaseException:
+            ours.close()
+            self.log.close()
+            raise
+        finally:
+            theirs.close()
         self.control = ours
         self.lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def spawn(
         self, argv: list[str], env: dict[str, str], cwd: Path | str, stdio: list[int]
     ) -> ForkedProcess:
+        if not Path(cwd).is_dir():  # as Popen would say, not the child
+            raise FileNotFoundError(f"no such directory: {cwd}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd)}).encode()
         try:
@@ -337,6 +391,14 @@ class _ForkServer:
         self.log.close()
 
 
+def _readable(sock: socket.socket, timeout: float | None) -> bool:
+    """Whether ``sock`` has something to read within ``timeout`` seconds
+    (``poll``, not ``select``: the test process may hold over 1,024 files)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+
 class ForkedProcess:
     """What tests use of ``subprocess.Popen``: pid, poll, wait, signals."""
 
@@ -346,10 +408,10 @@ class ForkedProcess:
         self.args = args
         self.returncode: int | None = None
         self._status = status
-        ready, _, _ = select.select([status], [], [], 30)
-        reply = json.loads(status.recv(4096) or b"{}") if ready else {}
+        self._lock = threading.Lock()  # tests stop servers from other threads
+        reply = json.loads(status.recv(4096) or b"{}") if _readable(status, 30) else {}
         if "pid" not in reply:
-            status.close()
+            status.close()  # the fork server then stops the child, if any
             raise RuntimeError(
                 f"the fork server did not start {args}: {reply} {server.output()}"
             )
@@ -365,22 +427,26 @@ class ForkedProcess:
         return code
 
     def _collect(self, timeout: float | None) -> int | None:
-        if self.returncode is None:
-            ready, _, _ = select.select([self._status], [], [], timeout)
-            if ready:
+        with self._lock:
+            if self.returncode is None and _readable(self._status, timeout):
                 reply = json.loads(self._status.recv(4096) or b"{}")
                 self._status.close()
-                if "exit" not in reply:
-                    raise RuntimeError(f"the fork server lost {self.args}")
-                self.returncode = reply["exit"]
-        return self.returncode
+                if "exit" not in reply:  # the fork server died: so does the
+                    self.returncode = -signal.SIGKILL  # child (PDEATHSIG)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGKILL)
+                else:
+                    self.returncode = reply["exit"]
+            return self.returncode
 
     def __del__(self) -> None:
         self._status.close()
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            # Gone in the meantime: as Popen, nothing to signal.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -400,9 +466,12 @@ def _server_for(argv: list[str], env: dict[str, str]) -> _ForkServer | None:
         return None
     key = _interpreter_key(env)
     with _servers_lock:
-        if key not in _servers:
-            _servers[key] = _ForkServer(key)
-        return _servers[key]
+        server = _servers.get(key)
+        if server is None or not server.alive:
+            if server is not None:
+                server.close()  # died (killed): its children died with it
+            server = _servers[key] = _ForkServer(key)
+        return server
 
 
 def popen(
