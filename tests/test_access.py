@@ -70,6 +70,27 @@ class Stream:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
+async def all_ready(streams: list[Stream], within: float) -> None:
+    """Wait until each stream has its answer (``ready``, or a refusal); past
+    ``within`` seconds, fail saying how each stands."""
+    waits = [asyncio.ensure_future(s.ready.wait()) for s in streams]
+    _, pending = await asyncio.wait(waits, timeout=within)
+    for wait in pending:
+        wait.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    if pending:
+        states = [
+            f"status {s.status}, events {[e.event for e in s.events]}, "
+            + (f"ended: {s.task.exception()!r}" if s.ended else "reading")
+            for s in streams
+            if not s.ready.is_set()
+        ]
+        raise AssertionError(
+            f"{len(pending)} of {len(streams)} streams not ready in {within} s: "
+            + "; ".join(states)
+        )
+
+
 async def _open(url: str, **request: Any) -> Stream:
     stream = Stream(url, **request)
     async with asyncio.timeout(10):

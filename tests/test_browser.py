@@ -34,7 +34,7 @@ from notify.validation import validate
 from tests.support.metrics import samples
 from tests.support.servers import UvicornServer, auth, manage
 from tests.support.stack import Nginx, QuickPBKDF2PasswordHasher, collectstatic
-from tests.test_access import Stream
+from tests.test_access import Stream, all_ready
 
 pytestmark = pytest.mark.browser
 
@@ -557,8 +557,7 @@ async def test_over_the_cap_the_page_backs_off_and_all_its_tabs_share_one_slot(
     cookies = {"sessionid": session}
     # 20 streams (the default cap) held by another program of alice's.
     held = [Stream(stack.url, cookies=cookies) for _ in range(20)]
-    async with asyncio.timeout(10):
-        await asyncio.gather(*(s.ready.wait() for s in held))
+    await all_ready(held, within=10)
     assert {s.status for s in held} == {200}
     async with (
         httpx.AsyncClient(timeout=10, cookies=cookies) as client,
@@ -600,8 +599,7 @@ async def test_over_the_cap_the_page_backs_off_and_all_its_tabs_share_one_slot(
     await wait_until(two_streams, "the tabs share one stream")
     async with httpx.AsyncClient(timeout=10, cookies=cookies) as client:
         extra = [Stream(stack.url, cookies=cookies) for _ in range(18)]
-        async with asyncio.timeout(10):
-            await asyncio.gather(*(s.ready.wait() for s in extra))
+        await all_ready(extra, within=10)
         assert {s.status for s in extra} == {200}  # 20 in all: the cap
         async with client.stream("GET", stack.url + "/events/") as refused:
             assert refused.status_code == 429
