@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -19,8 +18,6 @@ from django.utils import timezone
 
 from notify.models import APIToken, Notification, ReadMark, RetentionMark
 from tests.support import forkserver
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> tuple[str, str]:
