@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from notify import metrics
 from notify.broker.base import Broker, History, Message, stop_task
+from notify.broker.publisher import publisher_for
 from notify.exceptions import BrokerUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,10 @@ class RedisBroker(Broker):
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1),
         )
+        # Messages go out on a lean connection of their own, with the same
+        # timeouts, when the URL is a plain one (notify/broker/publisher.py).
+        self._publisher = publisher_for(url, connect_timeout=2, timeout=5)
+        self._channel = self.channel.encode()
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._resync_due = False
@@ -153,7 +158,10 @@ class RedisBroker(Broker):
 
     async def _send(self, message: Message) -> None:
         try:
-            await self._client.publish(self.channel, encode(message))
+            if self._publisher is not None:
+                await self._publisher.publish(self._channel, encode(message))
+            else:
+                await self._client.publish(self.channel, encode(message))
         except (RedisError, OSError, TimeoutError) as exc:
             raise BrokerUnavailableError(f"Redis: {exc}") from exc
 
@@ -445,4 +453,6 @@ class RedisBroker(Broker):
                 )
                 await self._client.srem(self._slot_set, self._slot_key)
         await self._drop_pubsub()
+        if self._publisher is not None:
+            await self._publisher.aclose()
         await self._client.aclose()

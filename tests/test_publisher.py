@@ -1,0 +1,262 @@
+"""The broker's own PUBLISH connection (notify/broker/publisher.py), against a
+real redis-server: replies matched to their commands, authentication, Unix
+sockets, and what a caller sees when Redis is gone, restarted or stalled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from notify.broker import Message
+from notify.broker.publisher import Publisher, publisher_for
+from notify.broker.redis import RedisBroker
+from notify.exceptions import BrokerUnavailableError
+from tests.support.servers import RedisServer
+
+WAIT = 10.0
+
+
+def _publisher(url: str, timeout: float = 5.0) -> Publisher:
+    found = publisher_for(url, connect_timeout=2, timeout=timeout)
+    assert found is not None
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _subscribed(url: str, *channels: str) -> AsyncIterator[Any]:
+    client = aredis.Redis.from_url(url)
+    pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(*channels)
+    try:
+        yield pubsub
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def _received(pubsub: Any, count: int) -> list[tuple[str, bytes]]:
+    got: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(WAIT):
+        while len(got) < count:
+            raw = await pubsub.get_message(timeout=1)
+            if raw is not None:
+                got.append((raw["channel"].decode(), raw["data"]))
+    return got
+
+
+@contextlib.asynccontextmanager
+async def _server(workdir: Path, *extra: str) -> AsyncIterator[RedisServer]:
+    server = RedisServer(workdir)
+    server.argv += list(extra)
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def test_plain_urls_get_the_lean_connection_and_others_redis_py():
+    assert publisher_for("redis://127.0.0.1:6379/0", connect_timeout=1, timeout=1)
+    assert publisher_for("redis://u:p@host", connect_timeout=1, timeout=1)
+    assert publisher_for("unix:///run/redis.sock?db=2", connect_timeout=1, timeout=1)
+    for url in (
+        "rediss://host:6380/0",  # TLS
+        "redis://host/0?socket_timeout=3",
+        "redis://host/0?protocol=3",
+    ):
+        assert publisher_for(url, connect_timeout=1, timeout=1) is None, url
+
+
+async def test_each_reply_reaches_its_own_command_even_when_callers_leave(redis_url):
+    """Channel ``one`` has one subscriber and ``two`` two, so every reply
+    says which command it answers. Callers that stop waiting leave their
+    replies behind without shifting anyone else's."""
+    one, two = f"one:{uuid.uuid4().hex}", f"two:{uuid.uuid4().hex}"
+    publisher = _publisher(redis_url)
+    async with (
+        _subscribed(redis_url, one, two) as first,
+        _subscribed(redis_url, two) as second,
+    ):
+        try:
+            assert await publisher.publish(one.encode(), b"first") == 1
+            tasks = [
+                asyncio.create_task(publisher.publish(name.encode(), b"%d" % i))
+                for i, name in enumerate([one, two] * 50)
+            ]
+            await asyncio.sleep(0)  # each has written its command
+            for task in tasks[::7]:
+                task.cancel()
+            async with asyncio.timeout(WAIT):
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+            for i, result in enumerate(results):
+                if i % 7 == 0:
+                    assert isinstance(result, asyncio.CancelledError)
+                else:
+                    assert result == (1 if i % 2 == 0 else 2), i
+            # A cancelled caller's command was sent all the same, in order.
+            got = await _received(first, 101)
+            assert [data for _, data in got] == [b"first"] + [
+                b"%d" % i for i in range(100)
+            ]
+            assert len(await _received(second, 50)) == 50
+            assert await publisher.publish(two.encode(), b"after") == 2
+        finally:
+            await publisher.aclose()
+
+
+async def test_password_and_acl_user(workdir):
+    async with _server(
+        workdir,
+        "--requirepass",
+        "s3cret",
+        "--user",
+        "pub",
+        "on",
+        ">other",
+        "resetchannels",
+        "&news",
+        "+publish",
+    ) as server:
+        base = f"127.0.0.1:{server.port}"
+        channel = b"news"
+        for url in (f"redis://:s3cret@{base}/0", f"redis://pub:other@{base}/0"):
+            publisher = _publisher(url)
+            try:
+                assert await publisher.publish(channel, b"x") == 0
+            finally:
+                await publisher.aclose()
+        for url, error in (
+            (f"redis://{base}/0", "NOAUTH"),
+            (f"redis://:wrong@{base}/0", "WRONGPASS"),
+            (f"redis://pub:other@{base}/0", "NOPERM"),  # not this channel
+        ):
+            publisher = _publisher(url)
+            try:
+                with pytest.raises(ResponseError, match=error):
+                    async with asyncio.timeout(WAIT):
+                        await publisher.publish(b"elsewhere", b"x")
+            finally:
+                await publisher.aclose()
+
+
+async def test_unix_socket(workdir):
+    path = workdir / f"redis-{uuid.uuid4().hex[:8]}.sock"
+    async with _server(workdir, "--unixsocket", str(path), "--unixsocketperm", "700"):
+        url = f"unix://{path}"
+        async with _subscribed(url, "news") as pubsub:
+            publisher = _publisher(url)
+            try:
+                assert await publisher.publish(b"news", b"hello") == 1
+                assert await _received(pubsub, 1) == [("news", b"hello")]
+            finally:
+                await publisher.aclose()
+
+
+async def test_redis_down_restarted_and_stalled(workdir):
+    server = RedisServer(workdir)
+    url = server.url
+    publisher = _publisher(url, timeout=0.5)
+    try:
+        # Down: refused at once, and nothing is left half-open.
+        with pytest.raises(ConnectionError):
+            async with asyncio.timeout(WAIT):
+                await publisher.publish(b"news", b"x")
+
+        await asyncio.to_thread(server.start)
+        assert await publisher.publish(b"news", b"x") == 0
+
+        # Restarted: the next command goes out on a new connection.
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.start)
+        async with _subscribed(url, "news") as pubsub:
+            assert await publisher.publish(b"news", b"again") == 1
+            assert await _received(pubsub, 1) == [("news", b"again")]
+
+        # Stalled: every waiting command fails once the timeout passes, and
+        # the next one after Redis recovers is answered on a new connection.
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            started = asyncio.get_running_loop().time()
+            async with asyncio.timeout(WAIT):
+                results = await asyncio.gather(
+                    *(publisher.publish(b"news", b"%d" % i) for i in range(5)),
+                    return_exceptions=True,
+                )
+            assert all(isinstance(r, TimeoutError) for r in results), results
+            assert asyncio.get_running_loop().time() - started < 3
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        async with asyncio.timeout(WAIT):
+            assert await publisher.publish(b"news", b"x") == 0
+    finally:
+        await publisher.aclose()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_a_reply_nothing_asked_for_drops_the_connection():
+    """A peer that answers in a way PUBLISH never is (here a bulk string)
+    is not trusted with the next command either."""
+    answered = 0
+    handlers: list[asyncio.Task[None]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    answered += 1
+                    writer.write(b"$3\r\nfoo\r\n" if answered == 1 else b":0\r\n")
+                    await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    publisher = Publisher(host="127.0.0.1", port=port, timeout=2)
+    try:
+        with pytest.raises(ConnectionError, match="unexpected reply"):
+            async with asyncio.timeout(WAIT):
+                await publisher.publish(b"news", b"x")
+        async with asyncio.timeout(WAIT):
+            assert await publisher.publish(b"news", b"x") == 0
+    finally:
+        await publisher.aclose()
+        server.close()
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*handlers)
+            await server.wait_closed()
+
+
+async def test_the_broker_publishes_through_it_and_maps_its_errors(workdir):
+    server = RedisServer(workdir)
+    await asyncio.to_thread(server.start)
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    broker = RedisBroker(url=server.url, prefix=prefix)
+    assert broker._publisher is not None
+    message = Message(1, ("all",), b"id: 1\nevent: notification\ndata: {}\n\n")
+    try:
+        async with _subscribed(server.url, f"{prefix}events") as pubsub:
+            await broker.publish(message)
+            [(_, data)] = await _received(pubsub, 1)
+            assert data.endswith(message.frame)
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(BrokerUnavailableError):
+            async with asyncio.timeout(WAIT):
+                await broker.publish(message)
+    finally:
+        await broker.aclose()
+        await asyncio.to_thread(server.stop)
