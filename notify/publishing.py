@@ -77,11 +77,11 @@ _SENT_SINCE = Prepared(
 )
 
 
-def _check_rate(sender: AbstractBaseUser, now: datetime) -> None:
+def _check_rate(sender_id: int, now: datetime) -> None:
     rate = conf.publish_rate
     since = now - timedelta(seconds=rate.period)
-    if _SENT_SINCE.value(sender.pk, since, default=0) >= rate.count:
-        window = Notification.objects.filter(sender_id=sender.pk, created_at__gt=since)
+    if _SENT_SINCE.value(sender_id, since, default=0) >= rate.count:
+        window = Notification.objects.filter(sender_id=sender_id, created_at__gt=since)
         oldest = window.order_by("created_at").values_list("created_at", flat=True)[0]
         wait = (oldest + timedelta(seconds=rate.period) - now).total_seconds()
         raise RateLimitedError(max(1, math.ceil(wait)))
@@ -118,15 +118,23 @@ def _resolve(draft: Draft, in_transaction: bool) -> tuple[list[int], list[int], 
     return [], [], active_users.count(in_transaction=in_transaction)
 
 
-def persist(draft: Draft, sender: AbstractBaseUser | None = None) -> Published:
+def persist(
+    draft: Draft,
+    sender: AbstractBaseUser | None = None,
+    *,
+    sender_id: int | None = None,
+) -> Published:
     """Save ``draft`` (in the caller's transaction, if any) and return it with
-    its broker message."""
+    its broker message. The sender is a user, or only its primary key
+    (``sender_id``) when that is all the caller has."""
+    if sender is not None:
+        sender_id = sender.pk
     in_transaction = connection.in_atomic_block
     with transaction.atomic():
         _serialize_publishers()
         now = timezone.now()
-        if sender is not None:
-            _check_rate(sender, now)
+        if sender_id is not None:
+            _check_rate(sender_id, now)
         user_ids, group_ids, recipients = _resolve(draft, in_transaction)
         n = Notification(
             level=draft.level,
@@ -137,9 +145,12 @@ def persist(draft: Draft, sender: AbstractBaseUser | None = None) -> Published:
             created_at=now,
             expires_at=draft.expires_at,
             audience=draft.audience,
-            sender=cast(Any, sender),  # AUTH_USER_MODEL, whatever the stubs say
             recipients=recipients,
         )
+        if sender is not None:
+            n.sender = cast(Any, sender)  # AUTH_USER_MODEL, whatever the stubs say
+        else:
+            n.sender_id = sender_id
         _INSERT.insert(n)
         if user_ids:
             n.users.set(user_ids)

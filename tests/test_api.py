@@ -70,6 +70,41 @@ async def test_a_publish_token_of_a_non_staff_user_may_publish(users):
     assert response.status_code == 201
 
 
+async def test_a_token_publishes_as_its_user_until_revoked_or_the_user_deactivated(
+    users,
+):
+    token, secret = await _token(users["alice"], can_publish=True)
+    client = Client(secret)
+    payload = {"audience": "all", "title": "x"}
+
+    sent = await post_json(client, payload)
+    assert sent.status_code == 201
+    n = await Notification.objects.aget(pk=body(sent)["id"])
+    assert n.sender_id == users["alice"].pk
+
+    alice = users["alice"]
+    alice.is_active = False
+    await alice.asave(update_fields=["is_active"])
+    refused = await post_json(client, payload)
+    assert refused.status_code == 401
+    assert body(refused) == {"error": "invalid API token"}
+    assert refused["WWW-Authenticate"].startswith("Bearer")
+
+    alice.is_active = True
+    await alice.asave(update_fields=["is_active"])
+    assert (await post_json(client, payload)).status_code == 201
+
+    await token.adelete()
+    assert (await post_json(client, payload)).status_code == 401
+    assert await Notification.objects.acount() == 2
+
+
+async def test_an_empty_bearer_token_is_401(users):
+    response = await post_json(Client(""), {"audience": "all", "title": "x"})
+    assert response.status_code == 401
+    assert body(response) == {"error": "invalid API token"}
+
+
 async def _token(user: User, *, can_publish: bool) -> tuple[Any, str]:
     return await sync_to_async(create_token)(user, can_publish=can_publish)
 

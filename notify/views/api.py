@@ -15,6 +15,7 @@ from notify import inbox, permissions, wire
 from notify.exceptions import RateLimitedError, ValidationError
 from notify.permissions import Caller, can_publish
 from notify.publishing import Published, persist, send
+from notify.tokens import bearer_secret, grant
 from notify.validation import validate
 from notify.views.http import (
     MAX_ID,
@@ -83,9 +84,18 @@ def _json_body(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
         return None, error(400, "malformed JSON: nested too deeply")
 
 
-def _publish_sync(request: HttpRequest) -> HttpResponse | Published:
-    """Everything of a publish up to the commit, in one trip to the request's
-    thread: authentication, permission, CSRF, the body, validation, persist."""
+def _sender(request: HttpRequest) -> HttpResponse | int:
+    """Who publishes: a bearer token's user (the token's row is all it takes;
+    it needs no CSRF token), else the session's staff user. A response when
+    nobody may."""
+    secret = bearer_secret(request)
+    if secret is not None:
+        found = grant(secret)
+        if found is None:
+            return unauthenticated(bad_token=True)
+        if not found.can_publish:
+            return error(403, "this account may not publish notifications")
+        return found.user_id
     caller = permissions.caller(request)
     if not caller.authenticated:
         return unauthenticated(bad_token=caller.bad_token)
@@ -93,11 +103,20 @@ def _publish_sync(request: HttpRequest) -> HttpResponse | Published:
         return error(403, "this account may not publish notifications")
     if rejected := csrf_rejected(request, caller):
         return rejected
+    return caller.user_id
+
+
+def _publish_sync(request: HttpRequest) -> HttpResponse | Published:
+    """Everything of a publish up to the commit, in one trip to the request's
+    thread: authentication, permission, CSRF, the body, validation, persist."""
+    sender = _sender(request)
+    if isinstance(sender, HttpResponse):
+        return sender
     payload, problem = _json_body(request)
     if problem is not None:
         return problem
     try:
-        return persist(validate(payload), caller.user)  # type: ignore[arg-type]
+        return persist(validate(payload), sender_id=sender)
     except ValidationError as exc:
         return field_errors(exc.errors)
     except RateLimitedError as exc:
