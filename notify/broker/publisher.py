@@ -1,13 +1,13 @@
 """PUBLISH over a connection of its own, without redis-py's command layers.
 
-Every notification ends in one Redis ``PUBLISH``. Through redis-py's asyncio
-client that costs about 0.35 ms of CPU on an otherwise idle server process
-(a connection taken from the pool and given back, retry and observability
-wrappers, a buffered stream reader): a tenth of a whole publish request,
-where writing the command and reading its one-line reply costs about 0.1 ms
-(docs/PERFORMANCE.md). :class:`Publisher` keeps one connection per event loop
-for that command alone: commands are written as they come, pipelined, and
-their replies (``:<receivers>``) are matched to them in order.
+Every notification ends in one Redis ``PUBLISH``. Inside a publish request,
+redis-py's asyncio client spends about 0.5 ms of the event loop's CPU on it (a
+connection taken from the pool and given back, retry and observability
+wrappers, a buffered stream reader), where writing the command and reading
+its one-line reply takes about 0.2 ms (docs/PERFORMANCE.md). :class:`Publisher`
+keeps one connection per event loop for that command alone: commands are
+written as they come, pipelined, and their replies (``:<receivers>``) are
+matched to them in order.
 
 Only plain connections take this path: ``redis://`` and ``unix://`` URLs,
 with or without a user name and password. :func:`publisher_for` answers None
@@ -15,10 +15,14 @@ for anything else (TLS, URL options such as timeouts or RESP3), and the broker
 then publishes through redis-py as before. Pub/sub, the stream caps and
 presence always go through redis-py.
 
-Failures are those of any socket: ``ConnectionError`` when Redis cannot be
-reached or the connection is lost, ``TimeoutError`` when it does not answer
-in time (the connection is then dropped, and every command still waiting on
-it fails), and redis-py's ``ResponseError`` for an error reply.
+As with the broker's redis-py client: 2 s to connect and 5 s for a reply
+(then the connection is dropped, and every command still waiting on it
+fails); a connection idle for 30 s is checked with a ``PING`` before it is
+used again; a command that finds its connection dead (Redis restarted) is
+sent once more on a new one at once. Unlike redis-py, a command that timed
+out is not sent again: Redis is then stalled, and a second try would double
+the wait. Failures are those of any socket, ``ConnectionError`` and
+``TimeoutError``, and redis-py's ``ResponseError`` for an error reply.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ResponseError
 
 _PLAIN = {"host", "port", "db", "username", "password", "path"}
+HEALTH_CHECK_SECONDS = 30.0  # redis-py's health_check_interval in the broker
 
 
 def publisher_for(
@@ -62,6 +67,9 @@ def _command(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
+_PING = _command(b"PING")
+
+
 class _Connection(asyncio.Protocol):
     """One socket to Redis: commands out, one-line replies back in order."""
 
@@ -69,13 +77,14 @@ class _Connection(asyncio.Protocol):
         self.timeout = timeout
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self._loop = asyncio.get_running_loop()
+        self.last_reply = self._loop.time()
         self._buffer = bytearray()
         # (future of the reply, when it is due), in the order sent.
         self._waiting: collections.deque[tuple[asyncio.Future[bytes], float]] = (
             collections.deque()
         )
         self._timer: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -101,9 +110,9 @@ class _Connection(asyncio.Protocol):
             line = bytes(buffer[start:end])
             start = end + 2
             if not self._waiting or line[:1] not in (b":", b"+", b"-"):
-                # Nothing asked for this, or a reply no command sent here
+                # Nothing asked for this, or a reply none of these commands
                 # gives: this connection can no longer be trusted.
-                self._fail(ConnectionError(f"unexpected reply from Redis: {line!r}"))
+                self.fail(ConnectionError(f"unexpected reply from Redis: {line!r}"))
                 return
             reply, _ = self._waiting.popleft()
             if reply.done():  # its caller stopped waiting
@@ -113,6 +122,12 @@ class _Connection(asyncio.Protocol):
             else:
                 reply.set_result(line)
         del buffer[:start]
+        self.last_reply = self._loop.time()
+
+    def idle_for(self) -> float:
+        """Seconds since Redis last answered on this connection (or since
+        it was opened)."""
+        return self._loop.time() - self.last_reply
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -124,11 +139,12 @@ class _Connection(asyncio.Protocol):
             return
         due = self._waiting[0][1]
         if self._loop.time() >= due:
-            self._fail(TimeoutError(f"Redis did not answer within {self.timeout}s"))
+            self.fail(TimeoutError(f"Redis did not answer within {self.timeout}s"))
         else:
             self._timer = self._loop.call_at(due, self._check_due)
 
-    def _fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception) -> None:
+        """Drop the connection; every command waiting on it fails with ``exc``."""
         self.lost = True
         if self.transport is not None:
             self.transport.abort()
@@ -142,9 +158,6 @@ class _Connection(asyncio.Protocol):
             reply, _ = self._waiting.popleft()
             if not reply.done():
                 reply.set_exception(exc)
-
-    def close(self) -> None:
-        self._fail(ConnectionError("the publisher was closed"))
 
 
 class Publisher:
@@ -161,46 +174,85 @@ class Publisher:
         password: str | None = None,
         connect_timeout: float = 2.0,
         timeout: float = 5.0,
+        health_check_seconds: float = HEALTH_CHECK_SECONDS,
     ) -> None:
         self._address = (host, port)
         self._path = path
+        # As redis-py authenticates: AUTH [user] password, the password ""
+        # for a user without one.
         self._auth: list[bytes] = []
-        if password is not None:
+        if username:
+            self._auth = [b"AUTH", username.encode(), (password or "").encode()]
+        elif password is not None:
             self._auth = [b"AUTH", password.encode()]
-            if username:
-                self._auth.insert(1, username.encode())
         self._connect_timeout = connect_timeout
         self._timeout = timeout
+        self._health_check_seconds = health_check_seconds
         self._connection: _Connection | None = None
-        self._connecting: asyncio.Lock | None = None
+        # The one attempt to connect that every caller waits for.
+        self._connecting: asyncio.Task[_Connection] | None = None
+        self._closes = 0  # how many times aclose() ran
 
     async def publish(self, channel: bytes, payload: bytes) -> int:
         """Publish ``payload`` on ``channel``; the number of subscribers that
-        got it. A connection that was found dead when written to is replaced
-        once, at once (after Redis restarted, the old one is)."""
-        connection = self._connection
-        fresh = connection is None or connection.lost
-        if fresh:
-            connection = await self._connect()
-        assert connection is not None
+        got it."""
+        closes = self._closes
         command = _command(b"PUBLISH", channel, payload)
+        connection = self._connection
+        if connection is None or connection.lost:
+            connection = await self._connect()
+            return self._receivers(connection, await connection.send(command))
+        if connection.idle_for() > self._health_check_seconds:
+            connection = await self._checked(connection)
         try:
             reply = await connection.send(command)
         except ConnectionError:
-            if fresh:
+            # Found dead when written to: once more on a new connection,
+            # unless this publisher was closed meanwhile.
+            if self._closes != closes:
                 raise
-            reply = await (await self._connect()).send(command)
-        return int(reply[1:])
+            connection = await self._connect()
+            reply = await connection.send(command)
+        return self._receivers(connection, reply)
+
+    @staticmethod
+    def _receivers(connection: _Connection, reply: bytes) -> int:
+        try:
+            if reply[:1] == b":":
+                return int(reply[1:])
+        except ValueError:
+            pass
+        error = ConnectionError(f"unexpected reply to PUBLISH: {reply!r}")
+        connection.fail(error)
+        raise error
+
+    async def _checked(self, connection: _Connection) -> _Connection:
+        """``connection``, or a new one if it does not answer a ``PING``
+        (dropped while idle, somewhere between here and Redis)."""
+        try:
+            await connection.send(_PING)
+            return connection
+        except (ConnectionError, TimeoutError):
+            connection.fail(ConnectionError("failed its health check"))
+            return await self._connect()
 
     async def _connect(self) -> _Connection:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            connection = self._connection
-            if connection is not None and not connection.lost:
-                return connection  # another caller connected meanwhile
-            loop = asyncio.get_running_loop()
-            made = _Connection(self._timeout)
+        """The current connection once open: every caller shares one attempt
+        (and its failure), so callers queued behind an unreachable Redis wait
+        for one timeout, not one each."""
+        connection = self._connection
+        if connection is not None and not connection.lost:
+            return connection
+        attempt = self._connecting
+        if attempt is None or attempt.done():
+            attempt = self._connecting = asyncio.ensure_future(self._open(self._closes))
+            attempt.add_done_callback(_retrieve)
+        return await asyncio.shield(attempt)
+
+    async def _open(self, closes: int) -> _Connection:
+        loop = asyncio.get_running_loop()
+        made = _Connection(self._timeout)
+        try:
             async with asyncio.timeout(self._connect_timeout):
                 if self._path is not None:
                     await loop.create_unix_connection(lambda: made, self._path)
@@ -209,14 +261,31 @@ class Publisher:
             if self._auth:
                 try:
                     await made.send(_command(*self._auth))
-                except BaseException:
-                    made.close()
-                    raise
-            self._connection = made
-            return made
+                except ResponseError as exc:
+                    if len(self._auth) != 3 or "wrong number of arguments" not in str(
+                        exc
+                    ):
+                        raise
+                    # Redis before 6 knows no users: the password alone.
+                    await made.send(_command(b"AUTH", self._auth[2]))
+            if self._closes != closes:
+                raise ConnectionError("the publisher was closed")
+        except BaseException:
+            made.fail(ConnectionError("not connected"))
+            raise
+        self._connection = made
+        return made
 
     async def aclose(self) -> None:
-        """Close the connection (a later call opens another)."""
+        """Close the connection (a later call opens another); commands
+        waiting on it fail and are not sent again."""
+        self._closes += 1
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.close()
+            connection.fail(ConnectionError("the publisher was closed"))
+
+
+def _retrieve(attempt: asyncio.Task[_Connection]) -> None:
+    """Mark a failed attempt's error as seen: its callers may all have left."""
+    if not attempt.cancelled():
+        attempt.exception()
