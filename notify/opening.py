@@ -22,14 +22,17 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import close_old_connections, connections
+from django.db.models import BooleanField, Case, Q, Value, When
 from django.http import HttpRequest
+from django.utils import timezone
 
 from notify.conf import conf
 from notify.credentials import Identity, identify_all
-from notify.models import Notification, RetentionMark
+from notify.models import Audience, Notification, RetentionMark
 from notify.prepared import Prepared, one_cursor
 from notify.visibility import Viewer, load_viewers, newest_visible_id
 
@@ -73,6 +76,27 @@ def latest_id() -> int:
     return int(_LATEST.value(default=0))
 
 
+# The newest row, and whether everyone may see it at ``now``: what lets a
+# batch of openings skip every viewer's own newest-id query after a broadcast.
+_NEWEST_ROW = Prepared(
+    lambda now: (
+        Notification.objects.order_by("-id")
+        .annotate(
+            to_all=Case(
+                When(
+                    Q(audience=Audience.ALL)
+                    & (Q(expires_at__isnull=True) | Q(expires_at__gt=now)),
+                    then=Value(True),
+                ),
+                default=Value(False),
+                output_field=BooleanField(),
+            )
+        )
+        .values_list("id", "to_all")[:1]
+    ),
+    [datetime],
+)
+
 _PRUNED_THROUGH = Prepared(
     lambda: RetentionMark.objects.filter(pk=1).values_list("pruned_through"), []
 )
@@ -83,17 +107,30 @@ class _Reads:
     before any viewer's newest (see :func:`_start`), and the retention mark,
     read when a cursor first needs it."""
 
-    __slots__ = ("_latest", "_pruned_through")
+    __slots__ = ("_latest", "_to_all", "_pruned_through")
 
     def __init__(self) -> None:
         self._latest: int | None = None
+        self._to_all = False  # the newest row is to everyone, unexpired
         self._pruned_through: int | None = None
 
     @property
     def latest(self) -> int:
         if self._latest is None:
-            self._latest = int(_LATEST.value(default=0))
+            rows = _NEWEST_ROW.rows(timezone.now())
+            if rows:
+                self._latest, self._to_all = int(rows[0][0]), bool(rows[0][1])
+            else:
+                self._latest = 0
         return self._latest
+
+    def newest_for(self, user_id: int) -> int:
+        """:func:`newest_visible_id` for ``user_id``, read after
+        :attr:`latest`. When the newest row of all is to everyone and was
+        unexpired then, it is everyone's newest, and no query is needed:
+        after a broadcast, as every stream of a reconnect storm opens."""
+        latest = self.latest
+        return latest if self._to_all else newest_visible_id(user_id)
 
     @property
     def pruned_through(self) -> int:
@@ -150,7 +187,7 @@ def _start(
     # sees it dispatched reads the database) or at most ``newest``. A batch
     # reads ``latest`` once, before the first of its viewers' newest ids.
     latest = reads.latest
-    newest = newest_visible_id(identity.user_id)
+    newest = reads.newest_for(identity.user_id)
     reset = None
     if cursor is not None and cursor > latest:
         # A restored database, or another deployment's id: start from now.

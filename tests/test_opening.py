@@ -16,9 +16,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notify.conf import conf
+from notify.models import Notification
 from notify.opening import CURSOR_AHEAD, CURSOR_EXPIRED, _open_batch, open_stream
 from notify.publishing import publish
 from notify.retention import prune
+from notify.visibility import newest_visible_id
 
 pytestmark = pytest.mark.usefixtures("fast_password_hashing")
 
@@ -67,6 +69,41 @@ def test_a_batch_gives_each_opening_what_it_would_get_alone(tokens, users):
     # is read per viewer.
     assert len(each) == 5 + 4 * 3 + 2
     assert len(together) == 1 + 1 + 1 + 4 + 1
+
+
+def test_after_a_broadcast_no_viewer_needs_a_newest_id_query(tokens, users):
+    """The newest row is to everyone: it is every viewer's newest, read
+    with the newest of all, as each viewer's own query would find it."""
+    publish(title="to carol", audience={"users": ["carol"]})
+    publish(title="to ops", audience={"groups": ["ops"]})
+    broadcast = publish(title="to all", expires_at=timezone.now() + timedelta(hours=1))
+    cursors: list[tuple[str, int | None]] = [
+        ("alice", None),
+        ("bob", None),
+        ("carol", None),
+    ]
+    with CaptureQueriesContext(connection) as together:
+        batch = _open_batch(_requests(tokens, cursors))
+    for (ok, (_, opening)), (name, _) in zip(batch, cursors, strict=True):
+        assert ok and opening is not None
+        assert opening.newest == opening.latest == broadcast.id
+        assert opening.newest == newest_visible_id(users[name].pk)
+    # The tokens, the groups, the newest row: nothing per viewer.
+    assert len(together) == 3
+
+
+def test_an_expired_broadcast_is_nobodys_newest(tokens, users):
+    kept = publish(title="to all")
+    mine = publish(title="to carol", audience={"users": ["carol"]})
+    gone = publish(title="to all, expiring")
+    Notification.objects.filter(pk=gone.id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    cursors: list[tuple[str, int | None]] = [("alice", None), ("carol", None)]
+    [(_, (_, alice)), (_, (_, carol))] = _open_batch(_requests(tokens, cursors))
+    assert alice is not None and carol is not None
+    assert (alice.newest, alice.latest) == (kept.id, gone.id)
+    assert (carol.newest, carol.latest) == (mine.id, gone.id)
 
 
 def test_a_cursor_below_retention_is_reset_in_a_batch(tokens, users):
