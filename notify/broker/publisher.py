@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 from typing import Any
 
 from redis.asyncio.connection import parse_url
@@ -245,7 +246,11 @@ class Publisher:
             return connection
         attempt = self._connecting
         if attempt is None or attempt.done():
-            attempt = self._connecting = asyncio.ensure_future(self._open(self._closes))
+            # In a context of its own: the connection's callbacks outlive the
+            # request that happened to open it.
+            attempt = self._connecting = asyncio.get_running_loop().create_task(
+                self._open(self._closes), context=contextvars.Context()
+            )
             attempt.add_done_callback(_retrieve)
         return await asyncio.shield(attempt)
 
