@@ -34,9 +34,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from notify.models import APIToken
 from notify.prepared import PreparedIn
-from notify.tokens import bearer_secret, hash_token, touch
+from notify.tokens import bearer_secret, hash_token, touch, usable
 
 DB_SESSIONS = "django.contrib.sessions.backends.db"
 
@@ -58,9 +57,11 @@ class Identity:
 
 
 _TOKEN_USERS = PreparedIn(
-    lambda key_hashes: APIToken.objects.filter(
-        key_hash__in=key_hashes, user__is_active=True
-    ).values_list("key_hash", "user_id", "id"),
+    lambda key_hashes: (
+        usable()
+        .filter(key_hash__in=key_hashes)
+        .values_list("key_hash", "user_id", "id")
+    ),
     str,
 )
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import DatabaseError, close_old_connections, connections
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -52,10 +52,14 @@ class Bearer:
     token: APIToken | None
 
 
+def usable() -> QuerySet[APIToken]:
+    """The tokens that authenticate: those of active users. Every lookup of
+    a bearer token starts here."""
+    return APIToken.objects.filter(user__is_active=True)
+
+
 _TOKEN = Prepared(
-    lambda key_hash: APIToken.objects.filter(
-        key_hash=key_hash, user__is_active=True
-    ).select_related("user"),
+    lambda key_hash: usable().filter(key_hash=key_hash).select_related("user"),
     [str],
 )
 
@@ -64,15 +68,14 @@ _TOKEN = Prepared(
 class Grant:
     """What a valid bearer token allows, without its model instances."""
 
-    token_id: int
     user_id: int
     can_publish: bool
 
 
 _GRANT = Prepared(
-    lambda key_hash: APIToken.objects.filter(
-        key_hash=key_hash, user__is_active=True
-    ).values_list("id", "user_id", "can_publish"),
+    lambda key_hash: (
+        usable().filter(key_hash=key_hash).values_list("user_id", "can_publish")
+    ),
     [str],
 )
 
@@ -80,7 +83,7 @@ _GRANT = Prepared(
 def grant(secret: str) -> Grant | None:
     """The token ``secret`` names, if it is valid and its user active: the
     question every publish asks, answered from one row of ids rather than
-    the token and user instances :func:`bearer` builds (a sixth of a
+    the token and user instances :func:`bearer` builds (0.08 ms less of a
     publish's CPU, docs/PERFORMANCE.md)."""
     if not secret:
         return None
@@ -88,9 +91,9 @@ def grant(secret: str) -> Grant | None:
     rows = _GRANT.rows(key_hash)
     if not rows:
         return None
-    token_id, user_id, can_publish = rows[0]
+    user_id, can_publish = rows[0]
     touch(key_hash)
-    return Grant(int(token_id), int(user_id), bool(can_publish))
+    return Grant(int(user_id), bool(can_publish))
 
 
 def bearer_secret(request: HttpRequest) -> str | None:
