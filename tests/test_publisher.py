@@ -27,7 +27,9 @@ WAIT = 10.0
 
 
 def _publisher(url: str, timeout: float = 5.0) -> Publisher:
-    found = publisher_for(url, connect_timeout=2, timeout=timeout)
+    found = publisher_for(
+        url, connect_timeout=2, timeout=timeout, health_check_seconds=30
+    )
     assert found is not None
     return found
 
@@ -66,15 +68,16 @@ async def _server(workdir: Path, *extra: str) -> AsyncIterator[RedisServer]:
 
 
 def test_plain_urls_get_the_lean_connection_and_others_redis_py():
-    assert publisher_for("redis://127.0.0.1:6379/0", connect_timeout=1, timeout=1)
-    assert publisher_for("redis://u:p@host", connect_timeout=1, timeout=1)
-    assert publisher_for("unix:///run/redis.sock?db=2", connect_timeout=1, timeout=1)
+    settings = {"connect_timeout": 1, "timeout": 1, "health_check_seconds": 30}
+    assert publisher_for("redis://127.0.0.1:6379/0", **settings)
+    assert publisher_for("redis://u:p@host", **settings)
+    assert publisher_for("unix:///run/redis.sock?db=2", **settings)
     for url in (
         "rediss://host:6380/0",  # TLS
         "redis://host/0?socket_timeout=3",
         "redis://host/0?protocol=3",
     ):
-        assert publisher_for(url, connect_timeout=1, timeout=1) is None, url
+        assert publisher_for(url, **settings) is None, url
 
 
 async def test_each_reply_reaches_its_own_command_even_when_callers_leave(redis_url):

@@ -36,11 +36,10 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ResponseError
 
 _PLAIN = {"host", "port", "db", "username", "password", "path"}
-HEALTH_CHECK_SECONDS = 30.0  # redis-py's health_check_interval in the broker
 
 
 def publisher_for(
-    url: str, *, connect_timeout: float, timeout: float
+    url: str, *, connect_timeout: float, timeout: float, health_check_seconds: float
 ) -> Publisher | None:
     """A :class:`Publisher` for ``url``, or None when it needs more than a
     plain connection (see the module docstring)."""
@@ -58,6 +57,7 @@ def publisher_for(
         password=options.get("password"),
         connect_timeout=connect_timeout,
         timeout=timeout,
+        health_check_seconds=health_check_seconds,
     )
 
 
@@ -175,7 +175,7 @@ class Publisher:
         password: str | None = None,
         connect_timeout: float = 2.0,
         timeout: float = 5.0,
-        health_check_seconds: float = HEALTH_CHECK_SECONDS,
+        health_check_seconds: float = 30.0,
     ) -> None:
         self._address = (host, port)
         self._path = path

@@ -39,6 +39,9 @@ from notify.exceptions import BrokerUnavailableError
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
+# Seconds: to connect, for a reply, and of idleness after which a connection
+# is checked before use (redis-py's client and the publisher's connection).
+_CONNECT_TIMEOUT, _TIMEOUT, _HEALTH_CHECK = 2, 5, 30
 
 # Admits a batch of streams. KEYS: the set of slot hashes, this process's
 # hash. ARGV: ttl in ms, then (user id, cap) pairs. One result per pair: 0
@@ -131,14 +134,19 @@ class RedisBroker(Broker):
         # pooled connection is dead and would otherwise fail one command each.
         self._client: redis.Redis = redis.Redis.from_url(
             url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=30,
+            socket_connect_timeout=_CONNECT_TIMEOUT,
+            socket_timeout=_TIMEOUT,
+            health_check_interval=_HEALTH_CHECK,
             retry=Retry(NoBackoff(), 1),
         )
         # Messages go out on a lean connection of their own, with the same
-        # timeouts, when the URL is a plain one (notify/broker/publisher.py).
-        self._publisher = publisher_for(url, connect_timeout=2, timeout=5)
+        # settings, when the URL is a plain one (notify/broker/publisher.py).
+        self._publisher = publisher_for(
+            url,
+            connect_timeout=_CONNECT_TIMEOUT,
+            timeout=_TIMEOUT,
+            health_check_seconds=_HEALTH_CHECK,
+        )
         self._channel = self.channel.encode()
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
