@@ -219,12 +219,14 @@ async def test_redis_down_restarted_and_stalled(workdir):
         await asyncio.to_thread(server.stop)
 
 
-class _Silent:
-    """A peer that accepts connections, reads whatever comes and never
-    answers: a stalled Redis, or one behind a network that lost the way."""
+class _Peer:
+    """A peer that accepts connections and answers the first reads, on
+    whichever connection, with ``replies`` in turn; then it reads whatever
+    comes and never answers: a stalled Redis, or one behind a network that
+    lost the way."""
 
-    def __init__(self, answers: int = 0) -> None:
-        self.answers = answers  # the first reads get an answer after all
+    def __init__(self, *replies: bytes) -> None:
+        self.replies = list(replies)
         self.accepted = 0
         self.received = asyncio.Event()  # some bytes arrived
         self._handlers: list[asyncio.Task[None]] = []
@@ -243,9 +245,8 @@ class _Silent:
         try:
             with contextlib.suppress(ConnectionError):
                 while await reader.read(65536):
-                    if self.answers:
-                        self.answers -= 1
-                        writer.write(b":0\r\n")
+                    if self.replies:
+                        writer.write(self.replies.pop(0))
                         continue
                     self.received.set()
         finally:
@@ -266,7 +267,7 @@ async def test_callers_queued_behind_one_connect_share_its_failure():
     """Redis stalled while a connection authenticates: every publish waiting
     for that connection fails with the one attempt, after one timeout, and
     none of them opens a connection of its own meanwhile."""
-    silent = _Silent()
+    silent = _Peer()
     async with silent as port:
         publisher = Publisher(host="127.0.0.1", port=port, password="x", timeout=0.5)
         try:
@@ -282,7 +283,7 @@ async def test_callers_queued_behind_one_connect_share_its_failure():
 
 
 async def test_closing_fails_what_waits_and_sends_nothing_again():
-    silent = _Silent(answers=1)
+    silent = _Peer(b":0\r\n")
     async with silent as port:
         publisher = Publisher(host="127.0.0.1", port=port, timeout=WAIT)
         async with asyncio.timeout(WAIT):
@@ -352,39 +353,17 @@ async def test_a_reply_nothing_asked_for_drops_the_connection():
     """A peer that answers in a way PUBLISH never is (a bulk string, a status
     line) is not trusted with the next command either."""
     bad = [b"$3\r\nfoo\r\n", b"+OK\r\n"]
-    answered = 0
-    handlers: list[asyncio.Task[None]] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal answered
-        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+    async with _Peer(*bad, b":0\r\n") as port:
+        publisher = Publisher(host="127.0.0.1", port=port, timeout=2)
         try:
-            with contextlib.suppress(ConnectionError):
-                while await reader.read(65536):
-                    answered += 1
-                    writer.write(bad[answered - 1] if answered <= 2 else b":0\r\n")
-                    await writer.drain()
+            for _ in bad:
+                with pytest.raises(ConnectionError, match="unexpected reply"):
+                    async with asyncio.timeout(WAIT):
+                        await publisher.publish(b"news", b"x")
+            async with asyncio.timeout(WAIT):
+                assert await publisher.publish(b"news", b"x") == 0
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    publisher = Publisher(host="127.0.0.1", port=port, timeout=2)
-    try:
-        for _ in bad:
-            with pytest.raises(ConnectionError, match="unexpected reply"):
-                async with asyncio.timeout(WAIT):
-                    await publisher.publish(b"news", b"x")
-        async with asyncio.timeout(WAIT):
-            assert await publisher.publish(b"news", b"x") == 0
-    finally:
-        await publisher.aclose()
-        server.close()
-        async with asyncio.timeout(WAIT):
-            await asyncio.gather(*handlers)
-            await server.wait_closed()
+            await publisher.aclose()
 
 
 async def test_the_broker_publishes_through_it_and_maps_its_errors(workdir):
