@@ -29,18 +29,18 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from notify import metrics
 from notify.broker.base import Broker, History, Message, stop_task
-from notify.broker.publisher import publisher_for
+from notify.broker.pipelined import LuaScript, pipelined_for
 from notify.exceptions import BrokerUnavailableError
 
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 5.0
 # Seconds: to connect, for a reply, and of idleness after which a connection
-# is checked before use (redis-py's client and the publisher's connection).
+# is checked before use (redis-py's client and the pipelined connection).
 _CONNECT_TIMEOUT, _TIMEOUT, _HEALTH_CHECK = 2, 5, 30
 
 # Admits a batch of streams. KEYS: the set of slot hashes, this process's
@@ -77,6 +77,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[1], KEYS[2])
 return results
 """
+_ADMIT_SCRIPT = LuaScript(_ADMIT)
 
 
 def encode(message: Message) -> bytes:
@@ -139,9 +140,10 @@ class RedisBroker(Broker):
             health_check_interval=_HEALTH_CHECK,
             retry=Retry(NoBackoff(), 1),
         )
-        # Messages go out on a lean connection of their own, with the same
-        # settings, when the URL is a plain one (notify/broker/publisher.py).
-        self._publisher = publisher_for(
+        # Messages and stream admissions go out on a lean connection of their
+        # own, with the same settings, when the URL is a plain one
+        # (notify/broker/pipelined.py).
+        self._pipelined = pipelined_for(
             url,
             connect_timeout=_CONNECT_TIMEOUT,
             timeout=_TIMEOUT,
@@ -166,8 +168,8 @@ class RedisBroker(Broker):
 
     async def _send(self, message: Message) -> None:
         try:
-            if self._publisher is not None:
-                await self._publisher.publish(self._channel, encode(message))
+            if self._pipelined is not None:
+                await self._pipelined.publish(self._channel, encode(message))
             else:
                 await self._client.publish(self.channel, encode(message))
         except (RedisError, OSError, TimeoutError) as exc:
@@ -262,17 +264,21 @@ class RedisBroker(Broker):
         args: list[int] = [self._slots_ttl_ms]
         for user_id, cap, _ in batch:
             args += (user_id, cap)
+        keys = [self._slot_set, self._slot_key]
         try:
             async with asyncio.timeout(1):
-                found = await self._admit_script(
-                    keys=[self._slot_set, self._slot_key], args=args
-                )
-        except (RedisError, OSError, TimeoutError) as exc:
+                if self._pipelined is not None:
+                    found = await self._pipelined.run_script(_ADMIT_SCRIPT, keys, args)
+                else:
+                    found = await self._admit_script(keys=keys, args=args)
+            if not isinstance(found, list) or len(found) != len(batch):
+                raise ResponseError(f"unexpected reply to the admission: {found!r}")
+            return [int(r) for r in found]
+        except (RedisError, OSError, TimeoutError, ValueError, TypeError) as exc:
             # Without Redis each process can only count its own streams.
             logger.debug("counting streams locally (%s)", exc)
             self._slots_rewrite = True
             return [None] * len(batch)
-        return [int(r) for r in found]
 
     def release_slot(self, user_id: int) -> None:
         super().release_slot(user_id)
@@ -309,13 +315,20 @@ class RedisBroker(Broker):
 
     async def _write_slots(self) -> None:
         changed, self._slots_changed = self._slots_changed, set()
+        held = {user_id: self._slots.get(user_id, 0) for user_id in changed}
+        counts = [x for user_id, n in held.items() if n for x in (user_id, n)]
+        gone = [user_id for user_id, n in held.items() if not n]
+        if self._pipelined is not None:
+            if counts:
+                await self._pipelined.execute(b"HSET", self._slot_key, *counts)
+            if gone:
+                await self._pipelined.execute(b"HDEL", self._slot_key, *gone)
+            return
         async with self._client.pipeline(transaction=False) as pipe:
-            for user_id in changed:
-                held = self._slots.get(user_id, 0)
-                if held:
-                    pipe.hset(self._slot_key, str(user_id), held)
-                else:
-                    pipe.hdel(self._slot_key, str(user_id))
+            if counts:
+                pipe.hset(self._slot_key, items=counts)
+            if gone:
+                pipe.hdel(self._slot_key, *gone)
             await pipe.execute()
 
     async def _refresh_slots(self) -> None:
@@ -461,6 +474,6 @@ class RedisBroker(Broker):
                 )
                 await self._client.srem(self._slot_set, self._slot_key)
         await self._drop_pubsub()
-        if self._publisher is not None:
-            await self._publisher.aclose()
+        if self._pipelined is not None:
+            await self._pipelined.aclose()
         await self._client.aclose()

@@ -1,19 +1,21 @@
-"""PUBLISH over a connection of its own, without redis-py's command layers.
+"""The broker's per-request Redis commands on a pipelined connection of its own.
 
-Every notification ends in one Redis ``PUBLISH``. Inside a publish request,
-redis-py's asyncio client spends about 0.5 ms of the event loop's CPU on it (a
-connection taken from the pool and given back, retry and observability
-wrappers, a buffered stream reader), where writing the command and reading
-its one-line reply takes about 0.2 ms (docs/PERFORMANCE.md). :class:`Publisher`
-keeps one connection per event loop for that command alone: commands are
-written as they come, pipelined, and their replies (``:<receivers>``) are
-matched to them in order.
+Two commands are paid for by requests: the ``PUBLISH`` that ends every
+notification, and the script that admits every new stream under the per-user
+cap (and, once the stream closes, the write of its user's new count). Inside
+a request, redis-py's asyncio client spends about 0.5 ms of the
+event loop's CPU on one command (a connection taken from the pool and given
+back, retry and observability wrappers, a buffered stream reader), where
+writing the command and reading its short reply takes about 0.2 ms
+(docs/PERFORMANCE.md). :class:`PipelinedConnection` keeps one connection per
+event loop for those commands alone: they are written as they come,
+pipelined, and their replies are matched to them in order.
 
 Only plain connections take this path: ``redis://`` and ``unix://`` URLs,
-with or without a user name and password. :func:`publisher_for` answers None
+with or without a user name and password. :func:`pipelined_for` answers None
 for anything else (TLS, URL options such as timeouts or RESP3), and the broker
-then publishes through redis-py as before. Pub/sub, the stream caps and
-presence always go through redis-py.
+then sends them through redis-py. Pub/sub, presence and the periodic
+refresh of the stream counts always go through redis-py.
 
 As with the broker's redis-py client: 2 s to connect and 5 s for a reply
 (then the connection is dropped, and every command still waiting on it
@@ -30,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.connection import parse_url
@@ -38,18 +42,18 @@ from redis.exceptions import ResponseError
 _PLAIN = {"host", "port", "db", "username", "password", "path"}
 
 
-def publisher_for(
+def pipelined_for(
     url: str, *, connect_timeout: float, timeout: float, health_check_seconds: float
-) -> Publisher | None:
-    """A :class:`Publisher` for ``url``, or None when it needs more than a
-    plain connection (see the module docstring)."""
+) -> PipelinedConnection | None:
+    """A :class:`PipelinedConnection` for ``url``, or None when it needs more
+    than a plain connection (see the module docstring)."""
     if not url.startswith(("redis://", "unix://")):
         return None
     options: dict[str, Any] = dict(parse_url(url))
     options.pop("connection_class", None)  # unix:// names its own
     if set(options) - _PLAIN:
         return None
-    return Publisher(
+    return PipelinedConnection(
         host=options.get("host", "localhost"),
         port=int(options.get("port", 6379)),
         path=options.get("path"),
@@ -71,8 +75,57 @@ def _command(*parts: bytes) -> bytes:
 _PING = _command(b"PING")
 
 
+def _parse(buffer: bytearray, start: int) -> tuple[Any, int] | None:
+    """The RESP2 reply at ``start`` and where it ends, or None when it has
+    not arrived in full. A reply is an integer, bytes (a status or bulk
+    string), None (a nil), a list (an array) or a :class:`ResponseError` (an
+    error). ``ValueError`` when the bytes are not RESP2."""
+    end = buffer.find(b"\r\n", start)
+    if end < 0:
+        return None
+    kind, line, after = buffer[start], bytes(buffer[start + 1 : end]), end + 2
+    if kind == 0x3A:  # ":"
+        return int(line), after
+    if kind == 0x2B:  # "+"
+        return line, after
+    if kind == 0x2D:  # "-"
+        return ResponseError(line.decode(errors="replace")), after
+    if kind == 0x24:  # "$"
+        size = int(line)
+        if size < 0:
+            return None, after
+        if len(buffer) < after + size + 2:
+            return None
+        if buffer[after + size : after + size + 2] != b"\r\n":
+            raise ValueError("bulk string without its CRLF")
+        return bytes(buffer[after : after + size]), after + size + 2
+    if kind == 0x2A:  # "*"
+        count = int(line)
+        if count < 0:
+            return None, after
+        items: list[Any] = []
+        for _ in range(count):
+            found = _parse(buffer, after)
+            if found is None:
+                return None
+            items.append(found[0])
+            after = found[1]
+        return items, after
+    raise ValueError(f"not a RESP2 reply: {bytes(buffer[start:end])!r}")
+
+
+class LuaScript:
+    """A Lua script, run by its SHA1 once Redis has it."""
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
+
+
 class _Connection(asyncio.Protocol):
-    """One socket to Redis: commands out, one-line replies back in order."""
+    """One socket to Redis: commands out, replies back in order."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -82,7 +135,7 @@ class _Connection(asyncio.Protocol):
         self.last_reply = self._loop.time()
         self._buffer = bytearray()
         # (future of the reply, when it is due), in the order sent.
-        self._waiting: collections.deque[tuple[asyncio.Future[bytes], float]] = (
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = (
             collections.deque()
         )
         self._timer: asyncio.TimerHandle | None = None
@@ -90,12 +143,12 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def send(self, command: bytes) -> asyncio.Future[bytes]:
-        """Write ``command``; the future of its reply line."""
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Write ``command``; the future of its reply (see :func:`_parse`)."""
         if self.lost or self.transport is None:
             raise ConnectionError("the connection to Redis is closed")
         loop = self._loop
-        reply: asyncio.Future[bytes] = loop.create_future()
+        reply: asyncio.Future[Any] = loop.create_future()
         due = loop.time() + self.timeout
         self._waiting.append((reply, due))
         if self._timer is None:
@@ -107,21 +160,27 @@ class _Connection(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         start = 0
-        while (end := buffer.find(b"\r\n", start)) >= 0:
-            line = bytes(buffer[start:end])
-            start = end + 2
-            if not self._waiting or line[:1] not in (b":", b"+", b"-"):
-                # Nothing asked for this, or a reply none of these commands
-                # gives: this connection can no longer be trusted.
-                self.fail(ConnectionError(f"unexpected reply from Redis: {line!r}"))
+        while start < len(buffer):
+            try:
+                found = _parse(buffer, start)
+            except ValueError as exc:
+                # Not RESP: this connection can no longer be trusted.
+                self.fail(ConnectionError(f"unexpected reply from Redis: {exc}"))
                 return
+            if found is None:
+                break
+            if not self._waiting:  # nor after a reply nothing asked for
+                unasked = bytes(buffer[start : found[1]])
+                self.fail(ConnectionError(f"unexpected reply from Redis: {unasked!r}"))
+                return
+            value, start = found
             reply, _ = self._waiting.popleft()
             if reply.done():  # its caller stopped waiting
                 continue
-            if line[:1] == b"-":
-                reply.set_exception(ResponseError(line[1:].decode(errors="replace")))
+            if isinstance(value, ResponseError):
+                reply.set_exception(value)
             else:
-                reply.set_result(line)
+                reply.set_result(value)
         del buffer[:start]
         self.last_reply = self._loop.time()
 
@@ -161,9 +220,9 @@ class _Connection(asyncio.Protocol):
                 reply.set_exception(exc)
 
 
-class Publisher:
-    """``PUBLISH`` over one pipelined connection, opened at the first call
-    and again at the first call after it was lost."""
+class PipelinedConnection:
+    """``PUBLISH`` and Lua scripts over one pipelined connection, opened at
+    the first call and again at the first call after it was lost."""
 
     def __init__(
         self,
@@ -197,35 +256,52 @@ class Publisher:
     async def publish(self, channel: bytes, payload: bytes) -> int:
         """Publish ``payload`` on ``channel``; the number of subscribers that
         got it."""
+        connection, reply = await self._call(_command(b"PUBLISH", channel, payload))
+        if type(reply) is not int:
+            # Not what PUBLISH answers: nor can the next reply be trusted.
+            error = ConnectionError(f"unexpected reply to PUBLISH: {reply!r}")
+            connection.fail(error)
+            raise error
+        return reply
+
+    async def run_script(
+        self, script: LuaScript, keys: Sequence[str], args: Sequence[int | str]
+    ) -> Any:
+        """``script``'s reply (see :func:`_parse`): by its SHA1, and by its
+        source when Redis does not have it (first use, or Redis restarted)."""
+        parts = [len(keys), *keys, *args]
+        try:
+            return await self.execute(b"EVALSHA", script.sha, *parts)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self.execute(b"EVAL", script.source, *parts)
+
+    async def execute(self, *parts: bytes | str | int) -> Any:
+        """Send one command; its reply (see :func:`_parse`). An error reply
+        raises :class:`ResponseError`."""
+        encoded = [p if isinstance(p, bytes) else str(p).encode() for p in parts]
+        _, reply = await self._call(_command(*encoded))
+        return reply
+
+    async def _call(self, command: bytes) -> tuple[_Connection, Any]:
+        """Send ``command``; its reply, and the connection it came on."""
         closes = self._closes
-        command = _command(b"PUBLISH", channel, payload)
         connection = self._connection
         if connection is None or connection.lost:
             connection = await self._connect()
-            return self._receivers(connection, await connection.send(command))
+            return connection, await connection.send(command)
         if connection.idle_for() > self._health_check_seconds:
             connection = await self._checked(connection)
         try:
-            reply = await connection.send(command)
+            return connection, await connection.send(command)
         except ConnectionError:
             # Found dead when written to: once more on a new connection,
-            # unless this publisher was closed meanwhile.
+            # unless this connection was closed meanwhile.
             if self._closes != closes:
                 raise
             connection = await self._connect()
-            reply = await connection.send(command)
-        return self._receivers(connection, reply)
-
-    @staticmethod
-    def _receivers(connection: _Connection, reply: bytes) -> int:
-        try:
-            if reply[:1] == b":":
-                return int(reply[1:])
-        except ValueError:
-            pass
-        error = ConnectionError(f"unexpected reply to PUBLISH: {reply!r}")
-        connection.fail(error)
-        raise error
+            return connection, await connection.send(command)
 
     async def _checked(self, connection: _Connection) -> _Connection:
         """``connection``, or a new one if it does not answer a ``PING``
@@ -274,7 +350,7 @@ class Publisher:
                     # Redis before 6 knows no users: the password alone.
                     await made.send(_command(b"AUTH", self._auth[2]))
             if self._closes != closes:
-                raise ConnectionError("the publisher was closed")
+                raise ConnectionError("the connection was closed")
         except BaseException:
             made.fail(ConnectionError("not connected"))
             raise
@@ -287,7 +363,7 @@ class Publisher:
         self._closes += 1
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.fail(ConnectionError("the publisher was closed"))
+            connection.fail(ConnectionError("the connection was closed"))
 
 
 def _retrieve(attempt: asyncio.Task[_Connection]) -> None:

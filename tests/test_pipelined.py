@@ -1,6 +1,7 @@
-"""The broker's own PUBLISH connection (notify/broker/publisher.py), against a
-real redis-server: replies matched to their commands, authentication, Unix
-sockets, and what a caller sees when Redis is gone, restarted or stalled."""
+"""The broker's pipelined connection (notify/broker/pipelined.py), against a
+real redis-server: replies matched to their commands, scripts, authentication,
+Unix sockets, and what a caller sees when Redis is gone, restarted or
+stalled."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
 from notify.broker import Message
-from notify.broker.publisher import Publisher, publisher_for
+from notify.broker.pipelined import LuaScript, PipelinedConnection, pipelined_for
 from notify.broker.redis import RedisBroker
 from notify.exceptions import BrokerUnavailableError
 from tests.support.servers import RedisServer
@@ -26,8 +27,8 @@ from tests.support.servers import RedisServer
 WAIT = 10.0
 
 
-def _publisher(url: str, timeout: float = 5.0) -> Publisher:
-    found = publisher_for(
+def _publisher(url: str, timeout: float = 5.0) -> PipelinedConnection:
+    found = pipelined_for(
         url, connect_timeout=2, timeout=timeout, health_check_seconds=30
     )
     assert found is not None
@@ -69,15 +70,15 @@ async def _server(workdir: Path, *extra: str) -> AsyncIterator[RedisServer]:
 
 def test_plain_urls_get_the_lean_connection_and_others_redis_py():
     settings = {"connect_timeout": 1, "timeout": 1, "health_check_seconds": 30}
-    assert publisher_for("redis://127.0.0.1:6379/0", **settings)
-    assert publisher_for("redis://u:p@host", **settings)
-    assert publisher_for("unix:///run/redis.sock?db=2", **settings)
+    assert pipelined_for("redis://127.0.0.1:6379/0", **settings)
+    assert pipelined_for("redis://u:p@host", **settings)
+    assert pipelined_for("unix:///run/redis.sock?db=2", **settings)
     for url in (
         "rediss://host:6380/0",  # TLS
         "redis://host/0?socket_timeout=3",
         "redis://host/0?protocol=3",
     ):
-        assert publisher_for(url, **settings) is None, url
+        assert pipelined_for(url, **settings) is None, url
 
 
 async def test_each_reply_reaches_its_own_command_even_when_callers_leave(redis_url):
@@ -269,7 +270,9 @@ async def test_callers_queued_behind_one_connect_share_its_failure():
     none of them opens a connection of its own meanwhile."""
     silent = _Peer()
     async with silent as port:
-        publisher = Publisher(host="127.0.0.1", port=port, password="x", timeout=0.5)
+        publisher = PipelinedConnection(
+            host="127.0.0.1", port=port, password="x", timeout=0.5
+        )
         try:
             async with asyncio.timeout(WAIT):
                 results = await asyncio.gather(
@@ -285,7 +288,7 @@ async def test_callers_queued_behind_one_connect_share_its_failure():
 async def test_closing_fails_what_waits_and_sends_nothing_again():
     silent = _Peer(b":0\r\n")
     async with silent as port:
-        publisher = Publisher(host="127.0.0.1", port=port, timeout=WAIT)
+        publisher = PipelinedConnection(host="127.0.0.1", port=port, timeout=WAIT)
         async with asyncio.timeout(WAIT):
             assert await publisher.publish(b"news", b"first") == 0
         waiting = asyncio.create_task(publisher.publish(b"news", b"x"))
@@ -326,7 +329,7 @@ async def test_a_connection_idle_too_long_is_checked_before_use(redis_url):
 
     server = await asyncio.start_server(proxy, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    publisher = Publisher(
+    publisher = PipelinedConnection(
         host="127.0.0.1", port=port, timeout=0.5, health_check_seconds=0.2
     )
     try:
@@ -354,7 +357,7 @@ async def test_a_reply_nothing_asked_for_drops_the_connection():
     line) is not trusted with the next command either."""
     bad = [b"$3\r\nfoo\r\n", b"+OK\r\n"]
     async with _Peer(*bad, b":0\r\n") as port:
-        publisher = Publisher(host="127.0.0.1", port=port, timeout=2)
+        publisher = PipelinedConnection(host="127.0.0.1", port=port, timeout=2)
         try:
             for _ in bad:
                 with pytest.raises(ConnectionError, match="unexpected reply"):
@@ -371,7 +374,7 @@ async def test_the_broker_publishes_through_it_and_maps_its_errors(workdir):
     await asyncio.to_thread(server.start)
     prefix = f"test:{uuid.uuid4().hex[:12]}:"
     broker = RedisBroker(url=server.url, prefix=prefix)
-    assert broker._publisher is not None
+    assert broker._pipelined is not None
     message = Message(1, ("all",), b"id: 1\nevent: notification\ndata: {}\n\n")
     try:
         async with _subscribed(server.url, f"{prefix}events") as pubsub:
@@ -384,4 +387,137 @@ async def test_the_broker_publishes_through_it_and_maps_its_errors(workdir):
                 await broker.publish(message)
     finally:
         await broker.aclose()
+        await asyncio.to_thread(server.stop)
+
+
+_SUM = LuaScript(
+    """
+local total = 0
+for _, arg in ipairs(ARGV) do total = total + tonumber(arg) end
+redis.call('INCRBY', KEYS[1], total)
+return {total, #ARGV, KEYS[1], false, {1, 'two'}}
+"""
+)
+
+
+async def test_a_script_runs_by_its_sha_and_again_when_redis_forgot_it(redis_url):
+    key = f"sum:{uuid.uuid4().hex}"
+    connection = _publisher(redis_url)
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        expected = [6, 3, key.encode(), None, [1, b"two"]]
+        assert await connection.run_script(_SUM, [key], [1, 2, 3]) == expected
+        assert await client.script_exists(_SUM.sha.decode()) == [True]
+        assert await connection.run_script(_SUM, [key], [4]) == [
+            4,
+            1,
+            key.encode(),
+            None,
+            [1, b"two"],
+        ]
+        await client.script_flush()  # as after a restart of Redis
+        assert await connection.run_script(_SUM, [key], [5]) == [
+            5,
+            1,
+            key.encode(),
+            None,
+            [1, b"two"],
+        ]
+        assert await client.get(key) == b"15"  # each ran once
+        # An error of the script's own is the caller's, and the connection
+        # goes on.
+        await client.set(key, "not a number")
+        with pytest.raises(ResponseError, match="not an integer"):
+            await connection.run_script(_SUM, [key], [1])
+        assert await connection.publish(b"news", b"x") == 0
+    finally:
+        await connection.aclose()
+        await client.delete(key)
+        await client.aclose()
+
+
+def test_replies_of_every_kind_are_read_whole_however_they_arrive():
+    """Redis may send a reply in any number of pieces: every prefix of one
+    is incomplete, and the whole is read as its kind."""
+    from notify.broker.pipelined import _parse
+
+    cases: list[tuple[bytes, Any]] = [
+        (b":42\r\n", 42),
+        (b":-1\r\n", -1),
+        (b"+OK\r\n", b"OK"),
+        (b"$5\r\nab\r\nc\r\n", b"ab\r\nc"),  # CRLF inside a bulk string
+        (b"$0\r\n\r\n", b""),
+        (b"$-1\r\n", None),
+        (b"*-1\r\n", None),
+        (b"*0\r\n", []),
+        (b"*3\r\n:1\r\n*2\r\n$1\r\nx\r\n$-1\r\n-ERR inner\r\n", None),
+    ]
+    for raw, expected in cases:
+        buffer = bytearray(b"junk" + raw + b":7\r\n")
+        for cut in range(4, 4 + len(raw)):
+            assert _parse(bytearray(buffer[:cut]), 4) is None, (raw, cut)
+        found = _parse(buffer, 4)
+        assert found is not None
+        value, end = found
+        assert end == 4 + len(raw)
+        if expected is None and raw.startswith(b"*3"):
+            assert value[:2] == [1, [b"x", None]]
+            assert isinstance(value[2], ResponseError)
+            assert str(value[2]) == "ERR inner"
+        else:
+            assert value == expected
+        assert _parse(buffer, end) == (7, len(buffer))
+    found = _parse(bytearray(b"-NOSCRIPT No matching script\r\n"), 0)
+    assert found is not None
+    assert isinstance(found[0], ResponseError)
+    assert str(found[0]).startswith("NOSCRIPT")
+    for bad in (b"?what\r\n", b":x\r\n", b"$3\r\nabcd\r\n"):
+        with pytest.raises(ValueError):
+            _parse(bytearray(bad), 0)
+
+
+async def test_streams_are_admitted_through_it_and_through_redis_py_alike(workdir):
+    """One process admits on the pipelined connection, one whose URL needs
+    redis-py (an option in the URL) through redis-py: both count the same
+    streams, and the lean one still admits after Redis forgot its script."""
+    server = RedisServer(workdir)
+    await asyncio.to_thread(server.start)
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    lean = RedisBroker(url=server.url, prefix=prefix)
+    other = RedisBroker(url=f"{server.url}?socket_timeout=5", prefix=prefix)
+    assert lean._pipelined is not None and other._pipelined is None
+    try:
+        async with asyncio.timeout(WAIT):
+            assert await lean.acquire_slot(7, 3)
+            assert await other.acquire_slot(7, 3)
+            client = aredis.Redis.from_url(server.url)
+            await client.script_flush()
+            await client.aclose()
+            assert await lean.acquire_slot(7, 3)
+            assert not await lean.acquire_slot(7, 3)
+            assert not await other.acquire_slot(7, 3)
+            assert await lean.acquire_slot(8, 3)  # another user's own count
+            lean.release_slot(7)
+            deadline = asyncio.get_running_loop().time() + 5
+            while not await other.acquire_slot(7, 3):
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+        assert lean._slots == {7: 1, 8: 1} and other._slots == {7: 2}
+        # Closed streams are written back by each, as counts and removals.
+        lean.release_slot(8)
+        other.release_slot(7)
+        client = aredis.Redis.from_url(server.url)
+        try:
+            written = {
+                f"{prefix}slots:{lean.instance}": {b"7": b"1"},
+                f"{prefix}slots:{other.instance}": {b"7": b"1"},
+            }
+            async with asyncio.timeout(WAIT):
+                while {k: await client.hgetall(k) for k in written} != written:
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+    finally:
+        await lean.aclose()
+        await other.aclose()
         await asyncio.to_thread(server.stop)
