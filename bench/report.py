@@ -275,6 +275,12 @@ def render(document: R, raw: Path) -> str:
         if settings.get("gc_threshold")
         else ""
     )
+    opening = settings.get("open_concurrency", 64)
+    opened = (
+        " Streams opened one after another."
+        if opening == 1
+        else f" Streams opened {opening} at a time."
+    )
     lines = [
         f"Run of {info['date']} ({info['duration_s']:.0f} s): {info['nproc']} CPUs "
         f"({info['cpu']}), Linux {info['kernel']}, Python {info['python']}, "
@@ -282,7 +288,7 @@ def render(document: R, raw: Path) -> str:
         f"asgiref {v['asgiref']}, redis-py {v['redis']}, redis-server {v['redis-server']}. "
         f"Load average before/after: {info['load_before'][0]:.2f} / {info['load_after'][0]:.2f}. "
         f"{settings['broadcasts']} broadcasts {settings['spacing_s']:g} s apart"
-        f"{' (quick mode)' if settings['quick'] else ''}.{experiment} "
+        f"{' (quick mode)' if settings['quick'] else ''}.{opened}{experiment} "
         f"Raw data: `{raw}`.",
         "",
     ]

@@ -67,6 +67,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a setting for notify's server (repeatable), e.g. "
         "NOTIFY_MAX_STREAMS_PER_USER=0",
     )
+    parser.add_argument(
+        "--open-concurrency",
+        type=int,
+        default=64,
+        metavar="K",
+        help="streams being opened at once (1: one after another, as users "
+        "trickle in; 64: a burst)",
+    )
     parser.add_argument("--no-doc", action="store_true", help="leave docs/ alone")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
@@ -75,6 +83,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.counts = sorted({int(n) for n in args.streams.split(",") if n.strip()})
     if not args.counts or min(args.counts) <= 10:
         parser.error("--streams must be larger than 10")
+    if args.open_concurrency < 1:
+        parser.error("--open-concurrency must be at least 1")
     args.target_names = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(args.target_names) - {"reference", "notify"}
     if unknown or not args.target_names:
@@ -174,6 +184,7 @@ async def _run(
                 workdir=workdir,
                 results_dir=RESULTS,
                 gc_threshold=args.gc_threshold,
+                open_concurrency=args.open_concurrency,
             )
             for name in args.target_names:
                 _log(f"{name}: {n} streams, {args.broadcasts} broadcasts")
@@ -225,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "heartbeat_s": float(HEARTBEAT),
         "quick": args.quick,
         "gc_threshold": args.gc_threshold,
+        "auth": args.auth,
+        "open_concurrency": args.open_concurrency,
     }
     document = {"machine": info, "settings": settings, "results": results}
     out = RESULTS / f"{time.strftime('%Y%m%dT%H%M%S')}.json"

@@ -49,6 +49,7 @@ class Plan:
     results_dir: Path
     gc_threshold: int | None = None
     payload_body: str = field(default="x" * 120)
+    open_concurrency: int = 64  # streams being opened at once
 
 
 def _port(url: str) -> int:
@@ -150,7 +151,7 @@ class Scenario:
             before = procstat.cpu_seconds(pid)
             loop_before = procstat.main_thread_cpu_seconds(pid)
             async with asyncio.timeout(plan.open_timeout):
-                await streams.open(checkpoint)
+                await streams.open(checkpoint, concurrency=plan.open_concurrency)
             setup_cpu += procstat.cpu_seconds(pid) - before
             setup_loop_cpu += procstat.main_thread_cpu_seconds(pid) - loop_before
             await self.profiler.stop()
