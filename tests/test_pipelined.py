@@ -513,7 +513,7 @@ async def test_streams_are_admitted_through_it_and_through_redis_py_alike(workdi
                 f"{prefix}slots:{other.instance}": {b"7": b"1"},
             }
             async with asyncio.timeout(WAIT):
-                while {k: await client.hgetall(k) for k in written} != written:
+                while {k: await client.hgetall(k) for k in written} != written:  # noqa: ASYNC110 - in Redis
                     await asyncio.sleep(0.05)
         finally:
             await client.aclose()
