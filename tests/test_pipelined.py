@@ -399,6 +399,13 @@ return {total, #ARGV, KEYS[1], false, {1, 'two'}}
 """
 )
 
+_COUNT_THEN_SUM = LuaScript(
+    """
+redis.call('INCR', KEYS[1])
+return redis.call('INCRBY', KEYS[2], ARGV[1])
+"""
+)
+
 
 async def test_a_script_runs_by_its_sha_and_again_when_redis_forgot_it(redis_url):
     key = f"sum:{uuid.uuid4().hex}"
@@ -424,15 +431,18 @@ async def test_a_script_runs_by_its_sha_and_again_when_redis_forgot_it(redis_url
             [1, b"two"],
         ]
         assert await client.get(key) == b"15"  # each ran once
-        # An error of the script's own is the caller's, and the connection
-        # goes on.
+        # An error of the script's own is the caller's, raised once the
+        # script ran once, and the connection goes on.
+        runs = [f"{key}:runs", key]
+        assert await connection.run_script(_COUNT_THEN_SUM, runs, [1]) == 16
         await client.set(key, "not a number")
         with pytest.raises(ResponseError, match="not an integer"):
-            await connection.run_script(_SUM, [key], [1])
+            await connection.run_script(_COUNT_THEN_SUM, runs, [1])
+        assert await client.get(f"{key}:runs") == b"2"
         assert await connection.publish(b"news", b"x") == 0
     finally:
         await connection.aclose()
-        await client.delete(key)
+        await client.delete(key, f"{key}:runs")
         await client.aclose()
 
 
@@ -483,14 +493,15 @@ async def test_streams_are_admitted_through_it_and_through_redis_py_alike(workdi
     server = RedisServer(workdir)
     await asyncio.to_thread(server.start)
     prefix = f"test:{uuid.uuid4().hex[:12]}:"
-    lean = RedisBroker(url=server.url, prefix=prefix)
-    other = RedisBroker(url=f"{server.url}?socket_timeout=5", prefix=prefix)
+    url = server.url.rsplit("/", 1)[0] + "/3"  # the counts live in database 3
+    lean = RedisBroker(url=url, prefix=prefix)
+    other = RedisBroker(url=f"{url}?socket_timeout=5", prefix=prefix)
     assert lean._pipelined is not None and other._pipelined is None
     try:
         async with asyncio.timeout(WAIT):
             assert await lean.acquire_slot(7, 3)
             assert await other.acquire_slot(7, 3)
-            client = aredis.Redis.from_url(server.url)
+            client = aredis.Redis.from_url(url)
             await client.script_flush()
             await client.aclose()
             assert await lean.acquire_slot(7, 3)
@@ -506,18 +517,141 @@ async def test_streams_are_admitted_through_it_and_through_redis_py_alike(workdi
         # Closed streams are written back by each, as counts and removals.
         lean.release_slot(8)
         other.release_slot(7)
-        client = aredis.Redis.from_url(server.url)
+        client = aredis.Redis.from_url(url)
         try:
-            written = {
-                f"{prefix}slots:{lean.instance}": {b"7": b"1"},
-                f"{prefix}slots:{other.instance}": {b"7": b"1"},
-            }
-            async with asyncio.timeout(WAIT):
-                while {k: await client.hgetall(k) for k in written} != written:  # noqa: ASYNC110 - in Redis
-                    await asyncio.sleep(0.05)
+            expected: list[dict[str, dict[bytes, bytes]]] = [
+                {
+                    f"{prefix}slots:{lean.instance}": {b"7": b"1"},
+                    f"{prefix}slots:{other.instance}": {b"7": b"1"},
+                },
+                {f"{prefix}slots:{other.instance}": {}},
+            ]
+            for written in expected:
+                # Written at once: well before a hash left alone expires (5 s).
+                async with asyncio.timeout(2):
+                    while {k: await client.hgetall(k) for k in written} != written:  # noqa: ASYNC110 - in Redis
+                        await asyncio.sleep(0.05)
+                other.release_slot(7)
+            assert await client.sismember(
+                f"{prefix}slots", f"{prefix}slots:{lean.instance}"
+            )
+            # Nothing of it in the database the URL did not name.
+            zero = aredis.Redis.from_url(server.url)
+            assert await zero.keys(f"{prefix}*") == []
+            await zero.aclose()
         finally:
             await client.aclose()
     finally:
         await lean.aclose()
         await other.aclose()
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_reply_that_is_not_resp_fails_every_command_waiting_at_once():
+    """Whatever follows a reply that is not RESP cannot be matched to a
+    command: the commands already answered keep their replies, the others
+    fail now rather than at the reply timeout, and the next command goes out
+    on a new connection."""
+    async with _Peer(b":1\r\n?what\r\n:2\r\n", b":0\r\n") as port:
+        connection = PipelinedConnection(host="127.0.0.1", port=port, timeout=WAIT)
+        try:
+            async with asyncio.timeout(2):
+                results = await asyncio.gather(
+                    *(connection.publish(b"news", b"%d" % i) for i in range(3)),
+                    return_exceptions=True,
+                )
+            assert results[0] == 1
+            for result in results[1:]:
+                assert isinstance(result, ConnectionError), results
+            async with asyncio.timeout(WAIT):
+                assert await connection.publish(b"news", b"x") == 0
+        finally:
+            await connection.aclose()
+
+
+async def test_a_reply_nothing_asked_for_is_not_given_to_the_next_command():
+    """Two replies to one command: the second must not answer the next."""
+    peer = _Peer(b":1\r\n:2\r\n", b":3\r\n")
+    async with peer as port:
+        connection = PipelinedConnection(host="127.0.0.1", port=port, timeout=WAIT)
+        try:
+            async with asyncio.timeout(WAIT):
+                assert await connection.publish(b"news", b"x") == 1
+                while not connection._connection.lost:  # type: ignore[union-attr]  # noqa: ASYNC110 - a protocol flag
+                    await asyncio.sleep(0.01)
+                assert await connection.publish(b"news", b"y") == 3
+            assert peer.accepted == 2
+        finally:
+            await connection.aclose()
+
+
+async def test_a_script_is_not_sent_again_once_written_but_a_publish_is():
+    """The connection is lost after the command went out: Redis may have run
+    it. A PUBLISH goes out again on a new connection (a notification is
+    better twice than late: streams skip ids they sent); a script, which may
+    have counted a stream, is not."""
+    received: list[list[bytes]] = []  # what each connection read
+    tasks: list[asyncio.Task[None]] = []
+
+    async def hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Answers a first "warm" PUBLISH, then hangs up on whatever comes.
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        seen = [await reader.read(65536)]
+        received.append(seen)
+        if b"warm" in seen[0]:
+            writer.write(b":0\r\n")
+            seen.append(await reader.read(65536))
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    publishing = PipelinedConnection(host="127.0.0.1", port=port, timeout=WAIT)
+    scripting = PipelinedConnection(host="127.0.0.1", port=port, timeout=WAIT)
+    try:
+        async with asyncio.timeout(WAIT):
+            assert await publishing.publish(b"news", b"warm") == 0
+            with pytest.raises(ConnectionError):
+                await publishing.publish(b"news", b"again")
+            assert len(received) == 2  # sent once more, on a new connection
+            assert all(b"again" in seen[-1] for seen in received)
+            assert await scripting.publish(b"news", b"warm") == 0
+            with pytest.raises(ConnectionError):
+                await scripting.run_script(_SUM, ["k"], [1])
+            assert len(received) == 3  # not sent again
+            assert b"EVALSHA" in received[2][1]
+    finally:
+        await publishing.aclose()
+        await scripting.aclose()
+        server.close()
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
+
+
+async def test_an_admission_answered_oddly_is_counted_locally():
+    """A reply to the admission that does not give one result per stream is
+    no answer: those streams are counted by this process alone, and its
+    counts are written again in full later, as when Redis is away."""
+    odd = [
+        b"*1\r\n:1\r\n",
+        b"*2\r\n$1\r\nx\r\n:1\r\n",
+        b"+OK\r\n",
+        b"*2\r\n:1\r\n:0\r\n",
+    ]
+    async with _Peer(*odd) as port:
+        broker = RedisBroker(url=f"redis://127.0.0.1:{port}/0")
+        loop = asyncio.get_running_loop()
+        batch = [(7, 3, loop.create_future()), (8, 3, loop.create_future())]
+        try:
+            async with asyncio.timeout(WAIT):
+                for _ in odd[:-1]:
+                    broker._slots_rewrite = False
+                    assert await broker._run_admit(batch) == [None, None]
+                    assert broker._slots_rewrite
+                broker._slots_rewrite = False
+                assert await broker._run_admit(batch) == [1, 0]
+                assert not broker._slots_rewrite
+        finally:
+            await broker.aclose()

@@ -21,9 +21,10 @@ As with the broker's redis-py client: 2 s to connect and 5 s for a reply
 (then the connection is dropped, and every command still waiting on it
 fails); a connection idle for 30 s is checked with a ``PING`` before it is
 used again; a command that finds its connection dead (Redis restarted) is
-sent once more on a new one at once. Unlike redis-py, a command that timed
-out is not sent again: Redis is then stalled, and a second try would double
-the wait. Failures are those of any socket, ``ConnectionError`` and
+sent once more on a new one at once, a script only if it had not been
+written yet (it may have run). Unlike redis-py, a command that timed out is
+not sent again: Redis is then stalled, and a second try would double the
+wait. The URL's database is selected for the scripts and writes. Failures are those of any socket, ``ConnectionError`` and
 ``TimeoutError``, and redis-py's ``ResponseError`` for an error reply.
 """
 
@@ -59,6 +60,7 @@ def pipelined_for(
         path=options.get("path"),
         username=options.get("username"),
         password=options.get("password"),
+        db=int(options.get("db") or 0),
         connect_timeout=connect_timeout,
         timeout=timeout,
         health_check_seconds=health_check_seconds,
@@ -232,6 +234,7 @@ class PipelinedConnection:
         path: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        db: int = 0,
         connect_timeout: float = 2.0,
         timeout: float = 5.0,
         health_check_seconds: float = 30.0,
@@ -245,6 +248,9 @@ class PipelinedConnection:
             self._auth = [b"AUTH", username.encode(), (password or "").encode()]
         elif password is not None:
             self._auth = [b"AUTH", password.encode()]
+        # PUBLISH reaches every database's subscribers; the stream counts live
+        # in the URL's database, as redis-py's do.
+        self._select = _command(b"SELECT", b"%d" % db) if db else None
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._health_check_seconds = health_check_seconds
@@ -270,22 +276,28 @@ class PipelinedConnection:
         """``script``'s reply (see :func:`_parse`): by its SHA1, and by its
         source when Redis does not have it (first use, or Redis restarted)."""
         parts = [len(keys), *keys, *args]
+        # Not sent again once written: the script may have run.
         try:
-            return await self.execute(b"EVALSHA", script.sha, *parts)
+            return await self.execute(b"EVALSHA", script.sha, *parts, again=False)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            return await self.execute(b"EVAL", script.source, *parts)
+            return await self.execute(b"EVAL", script.source, *parts, again=False)
 
-    async def execute(self, *parts: bytes | str | int) -> Any:
+    async def execute(self, *parts: bytes | str | int, again: bool = True) -> Any:
         """Send one command; its reply (see :func:`_parse`). An error reply
-        raises :class:`ResponseError`."""
+        raises :class:`ResponseError`. ``again``: see :meth:`_call`."""
         encoded = [p if isinstance(p, bytes) else str(p).encode() for p in parts]
-        _, reply = await self._call(_command(*encoded))
+        _, reply = await self._call(_command(*encoded), again=again)
         return reply
 
-    async def _call(self, command: bytes) -> tuple[_Connection, Any]:
-        """Send ``command``; its reply, and the connection it came on."""
+    async def _call(
+        self, command: bytes, *, again: bool = True
+    ) -> tuple[_Connection, Any]:
+        """Send ``command``; its reply, and the connection it came on. A
+        command that finds its connection dead before it is written (Redis
+        restarted) goes out on a new one; one whose connection is lost after
+        it was written, only if ``again`` (Redis may have run it)."""
         closes = self._closes
         connection = self._connection
         if connection is None or connection.lost:
@@ -294,14 +306,19 @@ class PipelinedConnection:
         if connection.idle_for() > self._health_check_seconds:
             connection = await self._checked(connection)
         try:
-            return connection, await connection.send(command)
+            written = connection.send(command)
         except ConnectionError:
-            # Found dead when written to: once more on a new connection,
-            # unless this connection was closed meanwhile.
-            if self._closes != closes:
-                raise
-            connection = await self._connect()
-            return connection, await connection.send(command)
+            written = None
+        if written is not None:
+            try:
+                return connection, await written
+            except ConnectionError:
+                if not again or self._closes != closes:
+                    raise
+        elif self._closes != closes:  # not sent again once closed
+            raise ConnectionError("the connection was closed")
+        connection = await self._connect()
+        return connection, await connection.send(command)
 
     async def _checked(self, connection: _Connection) -> _Connection:
         """``connection``, or a new one if it does not answer a ``PING``
@@ -349,6 +366,8 @@ class PipelinedConnection:
                         raise
                     # Redis before 6 knows no users: the password alone.
                     await made.send(_command(b"AUTH", self._auth[2]))
+            if self._select is not None:
+                await made.send(self._select)
             if self._closes != closes:
                 raise ConnectionError("the connection was closed")
         except BaseException:
