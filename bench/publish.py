@@ -1,20 +1,28 @@
 """Publish throughput on SQLite and on PostgreSQL.
 
 ``python -m bench.publish [--databases sqlite,postgres] [--seconds 10]
-[--concurrency 8] [--users 1000]``
+[--concurrency 8] [--gap-ms 0] [--users 1000]``
 
 For each database: a fresh database (a SQLite file, or a throwaway
 PostgreSQL cluster started as the tests start theirs), ``--users`` users, one
-uvicorn worker (uvloop, httptools) with Redis, then two timed phases with
-``--concurrency`` clients sending one request after another:
+uvicorn worker (uvloop, httptools) with Redis, then three timed phases with
+``--concurrency`` clients sending one request after another, each waiting
+``--gap-ms`` after its answer before the next:
 
 - reference: ``GET /healthz`` (Django's request handling and one database
   round trip, the same process and database);
-- publish: ``POST /api/notifications`` to everyone, with a bearer token.
+- publish: ``POST /api/notifications`` to everyone, with a bearer token;
+- the pure-ASGI reference's publish (``bench/reference_asgi.py``: a Redis
+  counter and a ``PUBLISH``, no Django, no database), on a worker of its own
+  started for the phase.
 
 It reports requests per second, the worker's CPU per request (and how much
 of it its event loop's thread used), the latency percentiles of each phase,
-and the ratio publish/reference, which is what compares across machines. Writes ``bench/results/publish-<time>.json``.
+the ratio publish/``/healthz`` throughput, and notify's CPU per publish over
+the pure-ASGI reference's: those ratios are what compares across machines.
+With a gap, the worker sleeps between requests and each one comes to a cold
+process, as an occasional publish does. Writes
+``bench/results/publish-<time>.json``.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any
 import httpx
 
 from bench import probes, procstat, servers
-from bench.run import ROOT, _prepare_database, notify_env
+from bench.run import ROOT, _prepare_database, notify_env, reference_env
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -42,6 +50,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--databases", default="sqlite,postgres")
     p.add_argument("--seconds", type=float, default=10.0, help="per phase")
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="each client's pause after an answer (0: back to back)",
+    )
     p.add_argument("--users", type=int, default=1000)
     p.add_argument(
         "--profile",
@@ -62,9 +76,10 @@ def _log(message: str) -> None:
 
 
 async def _phase(
-    url: str, pid: int, seconds: float, concurrency: int, request: Any
+    url: str, pid: int, seconds: float, concurrency: int, request: Any, gap: float
 ) -> dict[str, Any]:
-    """``concurrency`` clients repeating ``request`` for ``seconds``."""
+    """``concurrency`` clients repeating ``request`` for ``seconds``, each
+    pausing ``gap`` seconds after an answer."""
     latencies: list[float] = []
     failures: dict[int, int] = {}
     deadline = time.monotonic() + seconds
@@ -81,6 +96,8 @@ async def _phase(
                     failures[response.status_code] = (
                         failures.get(response.status_code, 0) + 1
                     )
+                if gap:
+                    await asyncio.sleep(gap)
 
     cpu, loop = procstat.cpu_seconds(pid), procstat.main_thread_cpu_seconds(pid)
     began = time.monotonic()
@@ -133,30 +150,39 @@ async def _measure(
         async def publish(http: httpx.AsyncClient) -> httpx.Response:
             return await http.post("/api/notifications", json=body, headers=headers)
 
-        await _phase(url, pid, 1.0, args.concurrency, healthz)  # warm up
-        await _phase(url, pid, 1.0, args.concurrency, publish)
+        gap, n = args.gap_ms / 1000, args.concurrency
+        await _phase(url, pid, 1.0, n, healthz, gap)  # warm up
+        await _phase(url, pid, 1.0, n, publish, gap)
         _log(f"{database}: reference (GET /healthz) for {args.seconds:g} s")
-        reference = await _phase(url, pid, args.seconds, args.concurrency, healthz)
+        reference = await _phase(url, pid, args.seconds, n, healthz, gap)
         _log(f"{database}: publish for {args.seconds:g} s")
         profiler = probes.Profiler(args.profile, RESULTS)
         await profiler.start(pid, f"publish-{database}")
         try:
-            published = await _phase(url, pid, args.seconds, args.concurrency, publish)
+            published = await _phase(url, pid, args.seconds, n, publish, gap)
         finally:
             await profiler.stop()
+        await asyncio.to_thread(worker.stop)
+        worker = None
+        _log(f"{database}: the pure-ASGI reference's publish for {args.seconds:g} s")
+        asgi = await _reference_publish(redis_url, workdir, args, body)
         ratio = published["per_second"] / reference["per_second"]
+        cpu_ratio = published["cpu_ms_per_request"] / asgi["cpu_ms_per_request"]
         _log(
             f"{database}: {published['per_second']:.0f} publishes/s "
             f"({published['cpu_ms_per_request']:.2f} ms CPU each, "
             f"{published['loop_cpu_ms_per_request']:.2f} on the event loop; p99 "
             f"{published['p99_ms']:.0f} ms) = {ratio:.2f} x the reference's "
-            f"{reference['per_second']:.0f} requests/s"
+            f"{reference['per_second']:.0f} requests/s; {cpu_ratio:.2f} x the "
+            f"pure-ASGI reference's {asgi['cpu_ms_per_request']:.2f} ms CPU"
         )
         return {
             "database": database,
             "reference": reference,
             "publish": published,
             "ratio": ratio,
+            "asgi_reference": asgi,
+            "cpu_ratio_to_asgi_reference": cpu_ratio,
         }
     finally:
         if worker is not None:
@@ -164,6 +190,25 @@ async def _measure(
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
         await asyncio.to_thread(redis.stop)
+
+
+async def _reference_publish(
+    redis_url: str, workdir: Path, args: argparse.Namespace, body: dict[str, Any]
+) -> dict[str, Any]:
+    """The pure-ASGI reference's publish phase, on a worker of its own."""
+    worker, url = await servers.start_uvicorn(
+        "reference", "bench.reference_asgi:app", reference_env(redis_url), workdir
+    )
+    try:
+
+        async def publish(http: httpx.AsyncClient) -> httpx.Response:
+            return await http.post("/api/notifications", json=body)
+
+        gap, n = args.gap_ms / 1000, args.concurrency
+        await _phase(url, worker.pid, 1.0, n, publish, gap)  # warm up
+        return await _phase(url, worker.pid, args.seconds, n, publish, gap)
+    finally:
+        await asyncio.to_thread(worker.stop)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,20 +220,24 @@ def main(argv: list[str] | None = None) -> None:
             found.append(asyncio.run(_measure(database, args, Path(tmp))))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"publish-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    settings = {k: getattr(args, k) for k in ("seconds", "concurrency", "users")}
+    settings = {
+        k: getattr(args, k) for k in ("seconds", "concurrency", "gap_ms", "users")
+    }
     out.write_text(json.dumps({"settings": settings, "results": found}, indent=2))
     print(
         "| database | publishes/s | CPU per publish (event loop) | p50 | p99 "
-        "| /healthz req/s | ratio |"
+        "| /healthz req/s | ratio | pure-ASGI publish CPU | × it |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in found:
-        p, ref = r["publish"], r["reference"]
+        p, ref, asgi = r["publish"], r["reference"], r["asgi_reference"]
         print(
             f"| {r['database']} | {p['per_second']:.0f} | "
             f"{p['cpu_ms_per_request']:.2f} ms ({p['loop_cpu_ms_per_request']:.2f}) | "
             f"{p['p50_ms']:.1f} ms | "
-            f"{p['p99_ms']:.1f} ms | {ref['per_second']:.0f} | {r['ratio']:.2f} |"
+            f"{p['p99_ms']:.1f} ms | {ref['per_second']:.0f} | {r['ratio']:.2f} | "
+            f"{asgi['cpu_ms_per_request']:.2f} ms | "
+            f"{r['cpu_ratio_to_asgi_reference']:.2f} |"
         )
     _log(f"raw results: {out.relative_to(ROOT)}")
 
