@@ -27,7 +27,7 @@ from tests.support.servers import RedisServer
 WAIT = 10.0
 
 
-def _publisher(url: str, timeout: float = 5.0) -> PipelinedConnection:
+def _pipelined(url: str, timeout: float = 5.0) -> PipelinedConnection:
     found = pipelined_for(
         url, connect_timeout=2, timeout=timeout, health_check_seconds=30
     )
@@ -86,15 +86,15 @@ async def test_each_reply_reaches_its_own_command_even_when_callers_leave(redis_
     says which command it answers. Callers that stop waiting leave their
     replies behind without shifting anyone else's."""
     one, two = f"one:{uuid.uuid4().hex}", f"two:{uuid.uuid4().hex}"
-    publisher = _publisher(redis_url)
+    connection = _pipelined(redis_url)
     async with (
         _subscribed(redis_url, one, two) as first,
         _subscribed(redis_url, two) as second,
     ):
         try:
-            assert await publisher.publish(one.encode(), b"first") == 1
+            assert await connection.publish(one.encode(), b"first") == 1
             tasks = [
-                asyncio.create_task(publisher.publish(name.encode(), b"%d" % i))
+                asyncio.create_task(connection.publish(name.encode(), b"%d" % i))
                 for i, name in enumerate([one, two] * 50)
             ]
             await asyncio.sleep(0)  # each has written its command
@@ -113,9 +113,9 @@ async def test_each_reply_reaches_its_own_command_even_when_callers_leave(redis_
                 b"%d" % i for i in range(100)
             ]
             assert len(await _received(second, 50)) == 50
-            assert await publisher.publish(two.encode(), b"after") == 2
+            assert await connection.publish(two.encode(), b"after") == 2
         finally:
-            await publisher.aclose()
+            await connection.aclose()
 
 
 async def test_password_and_acl_user(workdir):
@@ -145,23 +145,23 @@ async def test_password_and_acl_user(workdir):
             f"redis://pub:other@{base}/0",
             f"redis://open@{base}/0",  # a user without a password
         ):
-            publisher = _publisher(url)
+            connection = _pipelined(url)
             try:
-                assert await publisher.publish(channel, b"x") == 0
+                assert await connection.publish(channel, b"x") == 0
             finally:
-                await publisher.aclose()
+                await connection.aclose()
         for url, error in (
             (f"redis://{base}/0", "NOAUTH"),
             (f"redis://:wrong@{base}/0", "WRONGPASS"),
             (f"redis://pub:other@{base}/0", "NOPERM"),  # not this channel
         ):
-            publisher = _publisher(url)
+            connection = _pipelined(url)
             try:
                 with pytest.raises(ResponseError, match=error):
                     async with asyncio.timeout(WAIT):
-                        await publisher.publish(b"elsewhere", b"x")
+                        await connection.publish(b"elsewhere", b"x")
             finally:
-                await publisher.aclose()
+                await connection.aclose()
 
 
 async def test_unix_socket(workdir):
@@ -169,32 +169,32 @@ async def test_unix_socket(workdir):
     async with _server(workdir, "--unixsocket", str(path), "--unixsocketperm", "700"):
         url = f"unix://{path}"
         async with _subscribed(url, "news") as pubsub:
-            publisher = _publisher(url)
+            connection = _pipelined(url)
             try:
-                assert await publisher.publish(b"news", b"hello") == 1
+                assert await connection.publish(b"news", b"hello") == 1
                 assert await _received(pubsub, 1) == [("news", b"hello")]
             finally:
-                await publisher.aclose()
+                await connection.aclose()
 
 
 async def test_redis_down_restarted_and_stalled(workdir):
     server = RedisServer(workdir)
     url = server.url
-    publisher = _publisher(url, timeout=0.5)
+    connection = _pipelined(url, timeout=0.5)
     try:
         # Down: refused at once, and nothing is left half-open.
         with pytest.raises(ConnectionError):
             async with asyncio.timeout(WAIT):
-                await publisher.publish(b"news", b"x")
+                await connection.publish(b"news", b"x")
 
         await asyncio.to_thread(server.start)
-        assert await publisher.publish(b"news", b"x") == 0
+        assert await connection.publish(b"news", b"x") == 0
 
         # Restarted: the next command goes out on a new connection.
         await asyncio.to_thread(server.stop)
         await asyncio.to_thread(server.start)
         async with _subscribed(url, "news") as pubsub:
-            assert await publisher.publish(b"news", b"again") == 1
+            assert await connection.publish(b"news", b"again") == 1
             assert await _received(pubsub, 1) == [("news", b"again")]
 
         # Stalled: every waiting command fails once the timeout passes, and
@@ -205,7 +205,7 @@ async def test_redis_down_restarted_and_stalled(workdir):
             started = asyncio.get_running_loop().time()
             async with asyncio.timeout(WAIT):
                 results = await asyncio.gather(
-                    *(publisher.publish(b"news", b"%d" % i) for i in range(5)),
+                    *(connection.publish(b"news", b"%d" % i) for i in range(5)),
                     return_exceptions=True,
                 )
             assert all(isinstance(r, TimeoutError) for r in results), results
@@ -214,9 +214,9 @@ async def test_redis_down_restarted_and_stalled(workdir):
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         async with asyncio.timeout(WAIT):
-            assert await publisher.publish(b"news", b"x") == 0
+            assert await connection.publish(b"news", b"x") == 0
     finally:
-        await publisher.aclose()
+        await connection.aclose()
         await asyncio.to_thread(server.stop)
 
 
@@ -270,36 +270,36 @@ async def test_callers_queued_behind_one_connect_share_its_failure():
     none of them opens a connection of its own meanwhile."""
     silent = _Peer()
     async with silent as port:
-        publisher = PipelinedConnection(
+        connection = PipelinedConnection(
             host="127.0.0.1", port=port, password="x", timeout=0.5
         )
         try:
             async with asyncio.timeout(WAIT):
                 results = await asyncio.gather(
-                    *(publisher.publish(b"news", b"%d" % i) for i in range(6)),
+                    *(connection.publish(b"news", b"%d" % i) for i in range(6)),
                     return_exceptions=True,
                 )
             assert all(isinstance(r, TimeoutError) for r in results), results
             assert silent.accepted == 1
         finally:
-            await publisher.aclose()
+            await connection.aclose()
 
 
 async def test_closing_fails_what_waits_and_sends_nothing_again():
     silent = _Peer(b":0\r\n")
     async with silent as port:
-        publisher = PipelinedConnection(host="127.0.0.1", port=port, timeout=WAIT)
+        connection = PipelinedConnection(host="127.0.0.1", port=port, timeout=WAIT)
         async with asyncio.timeout(WAIT):
-            assert await publisher.publish(b"news", b"first") == 0
-        waiting = asyncio.create_task(publisher.publish(b"news", b"x"))
+            assert await connection.publish(b"news", b"first") == 0
+        waiting = asyncio.create_task(connection.publish(b"news", b"x"))
         async with asyncio.timeout(WAIT):
             await silent.received.wait()  # the command is written
-        await publisher.aclose()
+        await connection.aclose()
         with pytest.raises(ConnectionError, match="closed"):
             async with asyncio.timeout(WAIT):
                 await waiting
         assert silent.accepted == 1  # not sent again on a new connection
-        assert publisher._connection is None
+        assert connection._connection is None
 
 
 async def test_a_connection_idle_too_long_is_checked_before_use(redis_url):
@@ -329,21 +329,21 @@ async def test_a_connection_idle_too_long_is_checked_before_use(redis_url):
 
     server = await asyncio.start_server(proxy, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    publisher = PipelinedConnection(
+    connection = PipelinedConnection(
         host="127.0.0.1", port=port, timeout=0.5, health_check_seconds=0.2
     )
     try:
         async with asyncio.timeout(WAIT):
-            assert await publisher.publish(b"news", b"x") == 0
-            first = publisher._connection
+            assert await connection.publish(b"news", b"x") == 0
+            first = connection._connection
             dropped.add(0)
             await asyncio.sleep(0.3)
             # Written to the first connection, this would time out.
-            assert await publisher.publish(b"news", b"y") == 0
-        assert publisher._connection is not first
+            assert await connection.publish(b"news", b"y") == 0
+        assert connection._connection is not first
         assert len(accepted) == 2
     finally:
-        await publisher.aclose()
+        await connection.aclose()
         server.close()
         for writer in accepted:
             writer.close()
@@ -357,16 +357,16 @@ async def test_a_reply_nothing_asked_for_drops_the_connection():
     line) is not trusted with the next command either."""
     bad = [b"$3\r\nfoo\r\n", b"+OK\r\n"]
     async with _Peer(*bad, b":0\r\n") as port:
-        publisher = PipelinedConnection(host="127.0.0.1", port=port, timeout=2)
+        connection = PipelinedConnection(host="127.0.0.1", port=port, timeout=2)
         try:
             for _ in bad:
                 with pytest.raises(ConnectionError, match="unexpected reply"):
                     async with asyncio.timeout(WAIT):
-                        await publisher.publish(b"news", b"x")
+                        await connection.publish(b"news", b"x")
             async with asyncio.timeout(WAIT):
-                assert await publisher.publish(b"news", b"x") == 0
+                assert await connection.publish(b"news", b"x") == 0
         finally:
-            await publisher.aclose()
+            await connection.aclose()
 
 
 async def test_the_broker_publishes_through_it_and_maps_its_errors(workdir):
@@ -409,7 +409,7 @@ return redis.call('INCRBY', KEYS[2], ARGV[1])
 
 async def test_a_script_runs_by_its_sha_and_again_when_redis_forgot_it(redis_url):
     key = f"sum:{uuid.uuid4().hex}"
-    connection = _publisher(redis_url)
+    connection = _pipelined(redis_url)
     client = aredis.Redis.from_url(redis_url)
     try:
         expected = [6, 3, key.encode(), None, [1, b"two"]]
