@@ -24,8 +24,9 @@ used again; a command that finds its connection dead (Redis restarted) is
 sent once more on a new one at once, a script only if it had not been
 written yet (it may have run). Unlike redis-py, a command that timed out is
 not sent again: Redis is then stalled, and a second try would double the
-wait. The URL's database is selected for the scripts and writes. Failures are those of any socket, ``ConnectionError`` and
-``TimeoutError``, and redis-py's ``ResponseError`` for an error reply.
+wait. The URL's database is selected for the scripts and writes. Failures
+are those of any socket, ``ConnectionError`` and ``TimeoutError``, and
+redis-py's ``ResponseError`` for an error reply.
 """
 
 from __future__ import annotations

@@ -140,9 +140,9 @@ class RedisBroker(Broker):
             health_check_interval=_HEALTH_CHECK,
             retry=Retry(NoBackoff(), 1),
         )
-        # Messages and stream admissions go out on a lean connection of their
-        # own, with the same settings, when the URL is a plain one
-        # (notify/broker/pipelined.py).
+        # Messages, stream admissions and the counts of closed streams go out
+        # on a lean connection of their own, with the same settings, when the
+        # URL is a plain one (notify/broker/pipelined.py).
         self._pipelined = pipelined_for(
             url,
             connect_timeout=_CONNECT_TIMEOUT,
@@ -318,18 +318,18 @@ class RedisBroker(Broker):
         held = {user_id: self._slots.get(user_id, 0) for user_id in changed}
         counts = [x for user_id, n in held.items() if n for x in (user_id, n)]
         gone = [user_id for user_id, n in held.items() if not n]
+        if counts:
+            await self._command(b"HSET", self._slot_key, *counts)
+        if gone:
+            await self._command(b"HDEL", self._slot_key, *gone)
+
+    async def _command(self, *parts: bytes | str | int) -> Any:
+        """One command on the pipelined connection, or through redis-py
+        where the URL needs it."""
         if self._pipelined is not None:
-            if counts:
-                await self._pipelined.execute(b"HSET", self._slot_key, *counts)
-            if gone:
-                await self._pipelined.execute(b"HDEL", self._slot_key, *gone)
-            return
-        async with self._client.pipeline(transaction=False) as pipe:
-            if counts:
-                pipe.hset(self._slot_key, items=counts)
-            if gone:
-                pipe.hdel(self._slot_key, *gone)
-            await pipe.execute()
+            return await self._pipelined.execute(*parts)
+        # redis-py's asyncio execute_command() carries no annotations.
+        return await self._client.execute_command(*parts)  # type: ignore[no-untyped-call]
 
     async def _refresh_slots(self) -> None:
         if not self._slots and not self._slots_rewrite:
