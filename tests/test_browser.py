@@ -424,7 +424,7 @@ async def test_staff_console_broadcast_reaches_users_and_is_closed_to_others(
     await console.fill(
         "#body", "Writes pause for about five minutes. Reads keep working."
     )
-    await console.check('input[name="level"][value="warning"]', force=True)
+    await console.check('input[name="level"][value="warning"]')
     preview = console.locator("#preview")
     await expect(preview.locator(".note__title")).to_have_text(
         "Database maintenance at 22:00 UTC"
@@ -447,14 +447,14 @@ async def test_staff_console_broadcast_reaches_users_and_is_closed_to_others(
     # Alice has the inbox open; nobody else has.
     await expect(row.locator(".reach")).to_have_text("1 of 4 connected")
 
-    await console.check('input[name="audience"][value="groups"]', force=True)
+    await console.check('input[name="audience"][value="groups"]')
     await console.fill("#targets", "ops, nobody-here")
     await console.fill("#title", "On-call handover at 09:00")
     await console.click("#send")
     await expect(console.locator("#audience-error")).to_contain_text("nobody-here")
     await console.fill("#targets", "ops")
     await console.fill("#body", "Bob takes over the pager from Dave.")
-    await console.check('input[name="level"][value="info"]', force=True)
+    await console.check('input[name="level"][value="info"]')
     await console.click("#send")
     await expect(console.locator("#send-result")).to_have_text(
         "Sent “On-call handover at 09:00” to 1 person."
@@ -465,8 +465,8 @@ async def test_staff_console_broadcast_reaches_users_and_is_closed_to_others(
 
     await console.fill("#title", "Release 2.5 is rolling out")
     await console.fill("#body", "Expect short pauses on the dashboard until 15:30.")
-    await console.check('input[name="level"][value="success"]', force=True)
-    await console.check('input[name="audience"][value="all"]', force=True)
+    await console.check('input[name="level"][value="success"]')
+    await console.check('input[name="audience"][value="all"]')
     await console.screenshot(path=artifacts / "console.png", full_page=True)
 
 
