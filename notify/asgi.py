@@ -50,6 +50,7 @@ from django.urls import get_script_prefix as get_current_script_prefix
 from django.urls import get_urlconf, set_script_prefix, set_urlconf
 from django.utils.log import log_response
 
+from notify import draining
 from notify.bodylimit import (
     BodyTooLargeError,
     body_limit,
@@ -207,6 +208,7 @@ class ThreadPoolASGIHandler(ASGIHandler):
         if not is_serving():
             serving()
             start_pruner()
+            draining.install()
         executor = _RequestExecutor(self.workers.pick)
         async with _RequestContext(executor=executor):
             await self.handle(scope, receive, send, executor)

@@ -4,7 +4,8 @@ Ids are stable: notify.E001 heartbeat, E002 retry, E003 padding, E004
 retention, E005 publish rate, E006 queue size, E007 replay batch, E008 resync,
 E009 sync threads, E010 broker, E011 open backlog, E012 streams per user,
 E013 prune interval, E014 Redis URL, E015 Redis key prefix, E016 metrics
-token, E017 base template, E018 (in ``accounts``) the user model;
+token, E017 base template, E018 (in ``accounts``) the user model, E019 drain
+rate;
 notify.W001 the insecure development key; notify.W002 (in
 ``handler_checks``) the project's ASGI application is not notify's handler;
 notify.W101-W103 (deployment,

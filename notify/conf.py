@@ -152,6 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: parse_text(v, empty=False),
         "notify.E017",
     ),
+    Setting("NOTIFY_DRAIN_RATE", 500, lambda v: parse_int(v, minimum=0), "notify.E019"),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -268,6 +269,12 @@ class Conf:
     @property
     def base_template(self) -> str:
         return str(self._get("NOTIFY_BASE_TEMPLATE"))
+
+    @property
+    def drain_rate(self) -> int:
+        """Streams a stopping process ends per second; 0: none (the server
+        cancels them all when its grace period ends)."""
+        return int(self._get("NOTIFY_DRAIN_RATE"))
 
 
 conf = Conf()

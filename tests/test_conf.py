@@ -218,6 +218,8 @@ CHECKED: list[tuple[str, Any, str]] = [
     ("NOTIFY_REDIS_URL", None, "notify.E014"),
     ("NOTIFY_REDIS_PREFIX", "", "notify.E015"),
     ("NOTIFY_METRICS_TOKEN", 5, "notify.E016"),
+    ("NOTIFY_DRAIN_RATE", -1, "notify.E019"),
+    ("NOTIFY_DRAIN_RATE", "fast", "notify.E019"),
     ("NOTIFY_BROKER", "redis", "notify.E010"),
     ("NOTIFY_BROKER", {"BACKEND": "notify.broker.nowhere.Broker"}, "notify.E010"),
     (

@@ -224,7 +224,9 @@ class UvicornServer(Process):
 
     health_path = "/healthz"  # where notify's URLs are mounted, plus healthz
 
-    def __init__(self, workdir: Path, env: dict[str, str], name: str = "app") -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str], name: str = "app", grace: int = 2
+    ) -> None:
         self.port = free_port()
         argv = [
             sys.executable,
@@ -238,7 +240,7 @@ class UvicornServer(Process):
             "--lifespan",
             "off",
             "--timeout-graceful-shutdown",
-            "2",
+            str(grace),
             "--no-access-log",
         ]
         super().__init__(argv, env, workdir / f"uvicorn-{name}-{self.port}.log")

@@ -1,0 +1,134 @@
+"""A stopping server process ends its streams a few at a time.
+
+Told to stop (SIGTERM from a supervisor or ``scripts/stack``, Ctrl-C),
+uvicorn stops accepting at once, waits up to ``--timeout-graceful-shutdown``
+for the responses in progress, then cancels all that are left. Streams never
+finish by themselves, so every stream of the process used to end in that one
+instant, cut off mid-response, and all its browsers came back together after
+the same ``retry:`` delay: a herd that queued in the other workers' listen
+queues for tens of seconds (docs/PERFORMANCE.md, "Scale").
+
+Here, once told to stop, the process ends its open streams and long polls
+itself, ``NOTIFY_DRAIN_RATE`` a second. Each stream gets a short random
+``retry:`` and a complete end of its response, so the proxy ends the
+browser's response cleanly too; the browser reconnects through the proxy to
+a worker still running and resumes from its cursor. A long poll answers at
+once with what it has. Streams not yet ended go on receiving notifications
+meanwhile. Whatever is still open when the server's grace period ends is
+cancelled, as before: the grace period should cover a worker's streams
+divided by the rate (``scripts/stack`` sizes it so).
+
+The hook: the first request wraps the process's SIGTERM and SIGINT handlers
+(uvicorn installs its own with ``signal.signal`` before it loads the
+application). The wrapper calls the handler it replaced first, so the server
+stops exactly as before, then starts the drain on the server's event loop.
+A handler that is not a Python function (the default action, ignored) is
+left as it is, and so is a process whose event loop is not on its main
+thread (only that thread may set handlers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from notify.broker import Broker, get_broker, has_broker, serving_loop
+from notify.conf import conf
+
+logger = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_AHEAD = 0.05  # seconds ahead of its pace before the drain pauses
+_SETTLE = 1.0  # seconds without an open stream before the drain ends
+
+_installed_in: int | None = None  # the process whose handlers are wrapped
+_drains: dict[asyncio.AbstractEventLoop, asyncio.Task[int]] = {}
+
+
+def install() -> bool:
+    """Drain this process's streams when it is told to stop. Called on the
+    server's event loop; True when it wrapped a handler now."""
+    global _installed_in
+    if _installed_in == os.getpid():
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    _installed_in = os.getpid()
+    wrapped = False
+    for sig in SIGNALS:
+        previous = signal.getsignal(sig)
+        if callable(previous):
+            signal.signal(sig, _chained(previous))
+            wrapped = True
+    return wrapped
+
+
+def _chained(previous: Callable[[int, FrameType | None], Any]) -> Any:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        previous(signum, frame)
+        loop = serving_loop()
+        if loop is not None:
+            # RuntimeError: closed meanwhile, nothing left to end.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(start)
+
+    return on_signal
+
+
+def start() -> asyncio.Task[int] | None:
+    """Begin ending this loop's streams (once), unless there are none or
+    ``NOTIFY_DRAIN_RATE`` is 0."""
+    loop = asyncio.get_running_loop()
+    if loop in _drains or not has_broker() or not conf.drain_rate:
+        return _drains.get(loop)
+    task = _drains[loop] = loop.create_task(drain(get_broker(), conf.drain_rate))
+    task.add_done_callback(lambda _: _drains.pop(loop, None))
+    return task
+
+
+async def drain(broker: Broker, rate: int) -> int:
+    """End every open stream and long poll of ``broker``, ``rate`` a second,
+    until none is left; how many were ended."""
+    from notify.access import reconnect_message  # models: not before setup
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    ended = 0
+    quiet_since: float | None = None
+    reported = 0
+    while True:
+        pending = [sub for sub in broker.fanout.subscriptions if not sub.ended]
+        if not pending:
+            if ended > reported:
+                reported = ended
+                logger.info(
+                    "stopping: ended %d streams in %.1f s", ended, loop.time() - began
+                )
+            # Done once nothing was left for a while: a request the server
+            # took before it stopped accepting may still be opening a stream.
+            if quiet_since is None:
+                quiet_since = loop.time()
+            if loop.time() - quiet_since >= _SETTLE:
+                return ended
+            await asyncio.sleep(_AHEAD)
+            continue
+        quiet_since = None
+        if not ended:
+            logger.info(
+                "stopping: ending %d open streams, %d a second", len(pending), rate
+            )
+        for sub in pending:
+            if sub.ended:
+                continue
+            sub.end(reconnect_message(None))
+            ended += 1
+            ahead = began + ended / rate - loop.time()
+            if ahead >= _AHEAD:
+                await asyncio.sleep(ahead)

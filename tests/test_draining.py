@@ -1,0 +1,143 @@
+"""A stopping server ends its streams a few at a time, each one cleanly, and
+answers its long polls at once (notify/draining.py). Real uvicorn, real
+SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.servers import UvicornServer, auth, wait_for
+
+
+@pytest.fixture
+def stoppable(
+    workdir: Path, server_env: dict[str, str], transactional_db: None
+) -> Iterator[list[UvicornServer]]:
+    started: list[UvicornServer] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+async def _stream(
+    url: str, token: str, ready: asyncio.Event
+) -> tuple[list[str], float | None, str | None]:
+    """The stream's lines; when its response ended (loop time), or None and
+    the error that cut it."""
+    lines: list[str] = []
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("GET", url + "/events/", headers=auth(token)) as response,
+    ):
+        assert response.status_code == 200
+        try:
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if line == "event: ready":
+                    ready.set()
+        except httpx.HTTPError as exc:
+            return lines, None, repr(exc)
+    return lines, asyncio.get_running_loop().time(), None
+
+
+async def _open(
+    server: UvicornServer, token: str, count: int
+) -> list[asyncio.Task[tuple[list[str], float | None, str | None]]]:
+    readies = [asyncio.Event() for _ in range(count)]
+    tasks = [
+        asyncio.create_task(_stream(server.url, token, ready)) for ready in readies
+    ]
+    async with asyncio.timeout(20):
+        await asyncio.gather(*(ready.wait() for ready in readies))
+    return tasks
+
+
+async def test_a_stopping_server_ends_its_streams_at_the_drain_rate_each_cleanly(
+    workdir, server_env, tokens, stoppable
+):
+    server = UvicornServer(
+        workdir,
+        server_env | {"NOTIFY_DRAIN_RATE": "20", "NOTIFY_MAX_STREAMS_PER_USER": "0"},
+        "draining",
+        grace=15,
+    )
+    stoppable.append(server)
+    server.start()
+    streams = await _open(server, tokens["alice"], 30)
+    async with httpx.AsyncClient(timeout=30) as client:
+        poll = asyncio.create_task(
+            client.get(
+                server.url + "/events/poll?timeout=25", headers=auth(tokens["bob"])
+            )
+        )
+        await asyncio.sleep(0.5)  # the poll is waiting
+        assert server.proc is not None
+        stopped_at = asyncio.get_running_loop().time()
+        server.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            answered = await poll
+            results = await asyncio.gather(*streams)
+
+    # The long poll answered at once, with nothing, rather than after 25 s.
+    assert answered.status_code == 200
+    assert answered.json()["events"] == []
+    assert asyncio.get_running_loop().time() - stopped_at < 10
+
+    ends = []
+    for lines, ended_at, error in results:
+        assert error is None, f"a stream was cut instead of ended: {error}"
+        assert ended_at is not None
+        ends.append(ended_at)
+        # Its last words: a retry hint, short and its own (spread 0.25-1.5 s),
+        # so that its browser comes back soon, to another worker.
+        retries = [
+            int(m[1]) for m in map(re.compile(r"retry: (\d+)$").match, lines) if m
+        ]
+        assert len(retries) == 2, lines  # the prelude's, then the drain's
+        assert retries[0] == 3000
+        assert 250 <= retries[1] <= 1500
+        assert lines[-2:] == [f"retry: {retries[1]}", ""]
+    # 31 subscriptions (30 streams and the poll) at 20 a second: about 1.5 s
+    # from the first end to the last, not all in one instant.
+    spread = max(ends) - min(ends)
+    assert 1.0 <= spread <= 4.0, spread
+    assert len({round(t, 1) for t in ends}) >= 10
+
+    # Stopped as a stopped uvicorn stops: it raises the signal again once done.
+    assert server.proc.wait(10) in (0, -signal.SIGTERM)
+    assert server.said("stopping: ending 31 open streams, 20 a second")
+    assert server.said("stopping: ended 31 streams in ")
+
+
+async def test_with_a_drain_rate_of_0_streams_are_cut_when_the_grace_period_ends(
+    workdir, server_env, tokens, stoppable
+):
+    server = UvicornServer(
+        workdir, server_env | {"NOTIFY_DRAIN_RATE": "0"}, "not-draining", grace=2
+    )
+    stoppable.append(server)
+    server.start()
+    streams = await _open(server, tokens["alice"], 3)
+    assert server.proc is not None
+    stopped_at = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(*streams)
+    waited = time.monotonic() - stopped_at
+    assert 1.5 <= waited <= 6, waited
+    for lines, ended_at, error in results:
+        assert ended_at is None and error is not None, lines
+        assert [line for line in lines if line.startswith("retry: ")] == [
+            "retry: 3000"
+        ]  # the prelude's only
+    proc = server.proc
+    wait_for(lambda: proc.poll() is not None, 10, "uvicorn's exit")
+    assert not server.said("stopping: ending")
