@@ -96,7 +96,7 @@ static int *heap;
 static int heap_n;
 
 /* counters */
-static uint64_t c_events, c_dups, c_gaps, c_losses, c_reconnects, c_conn_err,
+static uint64_t c_events, c_dups, c_gaps, c_losses, c_ended, c_reconnects, c_conn_err,
     c_pings, c_opened, c_resets_ev, c_revoked;
 static uint64_t c_status[600];
 static int64_t first_ready_ns, last_ready_ns;
@@ -445,6 +445,13 @@ static void head_done(int i) {
     }
 }
 
+/* The response ended (its last chunk): EventSource reconnects after `retry:`,
+ * whether or not the connection stays open. */
+static void ended(int i) {
+    c_ended++;
+    lost(i);
+}
+
 static void body_bytes(int i, const char *p, size_t n, int64_t t) {
     stream_t *s = &streams[i];
     if (!s->chunked) {
@@ -457,6 +464,10 @@ static void body_bytes(int i, const char *p, size_t n, int64_t t) {
         case C_SIZE:
             if (c == '\n') {
                 s->chunk = s->chunk_left ? C_DATA : C_DONE;
+                if (s->chunk == C_DONE) {
+                    ended(i);
+                    return;
+                }
             } else if (c == ';') {
                 s->chunk = C_EXT;
             } else if (c != '\r') {
@@ -466,6 +477,10 @@ static void body_bytes(int i, const char *p, size_t n, int64_t t) {
             break;
         case C_EXT:
             if (c == '\n') s->chunk = s->chunk_left ? C_DATA : C_DONE;
+            if (s->chunk == C_DONE) {
+                ended(i);
+                return;
+            }
             break;
         case C_DATA: {
             size_t take = n - k < s->chunk_left ? n - k : s->chunk_left;
@@ -482,7 +497,7 @@ static void body_bytes(int i, const char *p, size_t n, int64_t t) {
             s->chunk = C_SIZE;
             break;
         case C_DONE:
-            break; /* the stream ended; EOF follows */
+            break;
         }
     }
 }
@@ -548,14 +563,15 @@ static void cmd_stats(void) {
         else connecting++;
     }
     printf("{\"t\":%lld,\"streams\":%d,\"ready\":%d,\"waiting\":%d,\"connecting\":%d,"
-           "\"opened\":%llu,\"events\":%llu,\"dups\":%llu,\"gaps\":%llu,\"losses\":%llu,"
+           "\"opened\":%llu,\"events\":%llu,\"dups\":%llu,\"gaps\":%llu,\"losses\":%llu,\"ended\":%llu,"
            "\"reconnects\":%llu,\"conn_errors\":%llu,\"pings\":%llu,\"reset_events\":%llu,"
            "\"revoked\":%llu,\"cpu_user\":%.3f,\"cpu_sys\":%.3f,\"maxrss_kb\":%ld,"
            "\"first_ready_ns\":%lld,\"last_ready_ns\":%lld,\"status\":{",
            (long long)now_ns(), nstreams, ready, waiting, connecting,
            (unsigned long long)c_opened, (unsigned long long)c_events,
            (unsigned long long)c_dups, (unsigned long long)c_gaps,
-           (unsigned long long)c_losses, (unsigned long long)c_reconnects,
+           (unsigned long long)c_losses, (unsigned long long)c_ended,
+           (unsigned long long)c_reconnects,
            (unsigned long long)c_conn_err, (unsigned long long)c_pings,
            (unsigned long long)c_resets_ev, (unsigned long long)c_revoked,
            ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
@@ -594,7 +610,7 @@ static void cmd_ids(int full) {
 }
 
 static void cmd_reset(void) {
-    c_events = c_dups = c_gaps = c_losses = c_reconnects = c_conn_err = c_pings = 0;
+    c_events = c_dups = c_gaps = c_losses = c_ended = c_reconnects = c_conn_err = c_pings = 0;
     c_resets_ev = c_revoked = 0;
     memset(c_status, 0, sizeof c_status);
     memset(h_ready, 0, sizeof h_ready);

@@ -161,6 +161,7 @@ _SUMMED = [
     "dups",
     "gaps",
     "losses",
+    "ended",
     "reconnects",
     "conn_errors",
     "pings",
