@@ -3,13 +3,15 @@
 Told to stop (SIGTERM from a supervisor or ``scripts/stack``, Ctrl-C),
 uvicorn stops accepting at once, waits up to ``--timeout-graceful-shutdown``
 for the responses in progress, then cancels all that are left. Streams never
-finish by themselves, so every stream of the process used to end in that one
-instant, cut off mid-response, and all its browsers came back together after
-the same ``retry:`` delay: a herd that queued in the other workers' listen
+finish by themselves, so every stream of the process ends in that one
+instant, cut off mid-response, and all its browsers come back together after
+the same ``retry:`` delay: a herd that queues in the other workers' listen
 queues for tens of seconds (docs/PERFORMANCE.md, "Scale").
 
-Here, once told to stop, the process ends its open streams and long polls
-itself, ``NOTIFY_DRAIN_RATE`` a second. Each stream gets a short random
+With ``NOTIFY_DRAIN_RATE`` set (0, off, by default: at 50,000 streams on two
+cores the returning streams kept the proxy short of CPU for the whole drain,
+docs/PERFORMANCE.md), the process, once told to stop, ends its open streams
+and long polls itself, that many a second. Each stream gets a short random
 ``retry:`` and a complete end of its response, so the proxy ends the
 browser's response cleanly too; the browser reconnects through the proxy to
 a worker still running and resumes from its cursor. A long poll answers at
@@ -102,15 +104,9 @@ async def drain(broker: Broker, rate: int) -> int:
     began = loop.time()
     ended = 0
     quiet_since: float | None = None
-    reported = 0
     while True:
         pending = [sub for sub in broker.fanout.subscriptions if not sub.ended]
         if not pending:
-            if ended > reported:
-                reported = ended
-                logger.info(
-                    "stopping: ended %d streams in %.1f s", ended, loop.time() - began
-                )
             # Done once nothing was left for a while: a request the server
             # took before it stopped accepting may still be opening a stream.
             if quiet_since is None:
@@ -125,10 +121,11 @@ async def drain(broker: Broker, rate: int) -> int:
                 "stopping: ending %d open streams, %d a second", len(pending), rate
             )
         for sub in pending:
-            if sub.ended:
-                continue
-            sub.end(reconnect_message(None))
-            ended += 1
-            ahead = began + ended / rate - loop.time()
-            if ahead >= _AHEAD:
-                await asyncio.sleep(ahead)
+            # Each at its time: the n-th stream n / rate seconds after the first.
+            wait = began + ended / rate - loop.time()
+            if wait >= _AHEAD:
+                await asyncio.sleep(wait)
+            if not sub.ended:
+                sub.end(reconnect_message(None))
+                ended += 1
+        logger.info("stopping: ended %d streams in %.1f s", ended, loop.time() - began)
