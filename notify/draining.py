@@ -24,15 +24,17 @@ The hook: the first request wraps the process's SIGTERM and SIGINT handlers
 (uvicorn installs its own with ``signal.signal`` before it loads the
 application). The wrapper calls the handler it replaced first, so the server
 stops exactly as before, then starts the drain on the server's event loop.
-A handler that is not a Python function (the default action, ignored) is
-left as it is, and so is a process whose event loop is not on its main
-thread (only that thread may set handlers).
+A handler that is not callable (``SIG_DFL``, ``SIG_IGN``) is left as it is,
+and so is a process whose event loop is not on its main thread (only that
+thread may set handlers). Python's own SIGINT handler is callable and so is
+wrapped too; it raises ``KeyboardInterrupt`` first, as ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -48,10 +50,10 @@ logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _AHEAD = 0.05  # seconds ahead of its pace before the drain pauses
-_SETTLE = 1.0  # seconds without an open stream before the drain ends
+_IDLE = 0.1  # seconds between two looks for streams opened meanwhile
 
 _installed_in: int | None = None  # the process whose handlers are wrapped
-_drains: dict[asyncio.AbstractEventLoop, asyncio.Task[int]] = {}
+_drains: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
 
 def install() -> bool:
@@ -84,45 +86,42 @@ def _chained(previous: Callable[[int, FrameType | None], Any]) -> Any:
     return on_signal
 
 
-def start() -> asyncio.Task[int] | None:
-    """Begin ending this loop's streams (once), unless there are none or
-    ``NOTIFY_DRAIN_RATE`` is 0."""
+def start() -> asyncio.Task[None] | None:
+    """Begin ending this loop's streams (once), unless ``NOTIFY_DRAIN_RATE``
+    is 0."""
     loop = asyncio.get_running_loop()
-    if loop in _drains or not has_broker() or not conf.drain_rate:
+    if loop in _drains or not conf.drain_rate:
         return _drains.get(loop)
-    task = _drains[loop] = loop.create_task(drain(get_broker(), conf.drain_rate))
+    # A context of its own, not that of whatever the signal interrupted.
+    task = _drains[loop] = loop.create_task(
+        drain(conf.drain_rate), context=contextvars.Context()
+    )
     task.add_done_callback(lambda _: _drains.pop(loop, None))
     return task
 
 
-async def drain(broker: Broker, rate: int) -> int:
-    """End every open stream and long poll of ``broker``, ``rate`` a second,
-    until none is left; how many were ended."""
+async def drain(rate: int, broker: Broker | None = None) -> None:
+    """End every open stream and long poll of ``broker`` (this loop's, by
+    default), ``rate`` a second, and any opened later (a request the server
+    took before it stopped accepting), until the server's loop ends."""
     from notify.access import reconnect_message  # models: not before setup
 
     loop = asyncio.get_running_loop()
-    began = loop.time()
-    ended = 0
-    quiet_since: float | None = None
     while True:
-        pending = [sub for sub in broker.fanout.subscriptions if not sub.ended]
+        # No broker yet: no stream either, but one may be opening.
+        found = broker or (get_broker() if has_broker() else None)
+        subs = found.fanout.subscriptions if found is not None else ()
+        pending = [sub for sub in subs if not sub.ended]
         if not pending:
-            # Done once nothing was left for a while: a request the server
-            # took before it stopped accepting may still be opening a stream.
-            if quiet_since is None:
-                quiet_since = loop.time()
-            if loop.time() - quiet_since >= _SETTLE:
-                return ended
-            await asyncio.sleep(_AHEAD)
+            await asyncio.sleep(_IDLE)
             continue
-        quiet_since = None
-        if not ended:
-            logger.info(
-                "stopping: ending %d open streams, %d a second", len(pending), rate
-            )
-        for sub in pending:
-            # Each at its time: the n-th stream n / rate seconds after the first.
-            wait = began + ended / rate - loop.time()
+        logger.info("stopping: ending %d open streams, %d a second", len(pending), rate)
+        began = loop.time()
+        ended = 0
+        for n, sub in enumerate(pending):
+            # The n-th stream of the pass at n / rate seconds from its start,
+            # give or take the pause's granularity.
+            wait = began + n / rate - loop.time()
             if wait >= _AHEAD:
                 await asyncio.sleep(wait)
             if not sub.ended:
