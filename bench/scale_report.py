@@ -192,8 +192,11 @@ def _storm_rows(storms: R) -> list[str]:
             [_recovery(x) for x in s],
         ),
         row(
-            "Streams lost / reconnected",
-            [f"{_f(x['losses'])} / {_f(x['reconnects'])}" for x in s],
+            "Streams lost (of which ended by the server) / reconnected",
+            [
+                f"{_f(x['losses'])} ({_f(x.get('ended'))}) / {_f(x['reconnects'])}"
+                for x in s
+            ],
         ),
         row(
             "Loss → `ready` again p50 / p99 / max (ms)",

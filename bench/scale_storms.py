@@ -82,6 +82,8 @@ async def storm(
             "duplicates": stats["dups"],
             "gaps": stats["gaps"],
             "losses": stats["losses"],
+            # of the losses, responses the server ended (NOTIFY_DRAIN_RATE)
+            "ended": stats["ended"],
             "reconnects": stats["reconnects"],
             "reconnect_p50_ms": hist_quantile(stats["reconnect_ms"], 0.5),
             "reconnect_p99_ms": hist_quantile(stats["reconnect_ms"], 0.99),
