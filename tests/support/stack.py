@@ -93,6 +93,7 @@ def render(
         "stream_servers": stream_servers,
         "static_root": str(static_root).rstrip("/"),
         "extra_servers": extra_servers,
+        "upstream_source": "",  # a few streams: one address is plenty
     }
     lines = []
     for line in template.splitlines(keepends=True):
