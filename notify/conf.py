@@ -152,7 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: parse_text(v, empty=False),
         "notify.E017",
     ),
-    Setting("NOTIFY_DRAIN_RATE", 0, lambda v: parse_int(v, minimum=0), "notify.E019"),
+    Setting("NOTIFY_DRAIN_RATE", 200, lambda v: parse_int(v, minimum=0), "notify.E019"),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -272,8 +272,8 @@ class Conf:
 
     @property
     def drain_rate(self) -> int:
-        """Streams a stopping process ends per second; 0 (the default):
-        none, the server cancels them all when its grace period ends."""
+        """Streams a stopping process ends per second; 0: none, the server
+        cancels them all when its grace period ends."""
         return int(self._get("NOTIFY_DRAIN_RATE"))
 
 

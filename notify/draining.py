@@ -8,17 +8,15 @@ instant, cut off mid-response, and all its browsers come back together after
 the same ``retry:`` delay: a herd that queues in the other workers' listen
 queues for tens of seconds (docs/PERFORMANCE.md, "Scale").
 
-With ``NOTIFY_DRAIN_RATE`` set (0, off, by default: at 50,000 streams on two
-cores the returning streams kept the proxy short of CPU for the whole drain,
-docs/PERFORMANCE.md), the process, once told to stop, ends its open streams
-and long polls itself, that many a second. Each stream gets a short random
-``retry:`` and a complete end of its response, so the proxy ends the
-browser's response cleanly too; the browser reconnects through the proxy to
-a worker still running and resumes from its cursor. A long poll answers at
-once with what it has. Streams not yet ended go on receiving notifications
-meanwhile. Whatever is still open when the server's grace period ends is
-cancelled, as before: the grace period should cover a worker's streams
-divided by the rate (``scripts/stack`` sizes it so).
+Here the process, once told to stop, ends its open streams and long polls
+itself, ``NOTIFY_DRAIN_RATE`` (200) a second; 0 leaves them to uvicorn. Each
+stream gets a short random ``retry:`` and a complete end of its response, so
+the proxy ends the browser's response cleanly too; the browser reconnects
+through the proxy to a worker still running and resumes from its cursor. A
+long poll answers at once with what it has. Streams not yet ended go on
+receiving notifications meanwhile. Whatever is still open when the server's
+grace period ends is cancelled, as before: the grace period should cover a
+worker's streams divided by the rate (``scripts/stack`` sizes it so).
 
 The hook: the first request wraps the process's SIGTERM and SIGINT handlers
 (uvicorn installs its own with ``signal.signal`` before it loads the

@@ -1,7 +1,6 @@
-"""With NOTIFY_DRAIN_RATE set, a stopping server ends its streams a few at a
-time, each one cleanly, and answers its long polls at once
-(notify/draining.py); by default uvicorn cuts them when its grace period
-ends. Real uvicorn, real SIGTERM."""
+"""A stopping server ends its streams NOTIFY_DRAIN_RATE a second, each one
+cleanly, and answers its long polls at once (notify/draining.py); with 0,
+uvicorn cuts them when its grace period ends. Real uvicorn, real SIGTERM."""
 
 from __future__ import annotations
 
@@ -129,11 +128,12 @@ async def test_a_stopping_server_ends_its_streams_at_the_drain_rate_each_cleanly
     assert server.said("stopping: ended 31 streams in ")
 
 
-async def test_by_default_streams_are_cut_together_when_the_grace_period_ends(
+async def test_with_a_drain_rate_of_0_streams_are_cut_when_the_grace_period_ends(
     workdir, server_env, tokens, stoppable
 ):
-    assert "NOTIFY_DRAIN_RATE" not in server_env
-    server = UvicornServer(workdir, server_env, "not-draining", grace=2)
+    server = UvicornServer(
+        workdir, server_env | {"NOTIFY_DRAIN_RATE": "0"}, "not-draining", grace=2
+    )
     stoppable.append(server)
     server.start()
     streams = await _open(server, tokens["alice"], 3)
