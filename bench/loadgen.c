@@ -464,10 +464,6 @@ static void body_bytes(int i, const char *p, size_t n, int64_t t) {
         case C_SIZE:
             if (c == '\n') {
                 s->chunk = s->chunk_left ? C_DATA : C_DONE;
-                if (s->chunk == C_DONE) {
-                    ended(i);
-                    return;
-                }
             } else if (c == ';') {
                 s->chunk = C_EXT;
             } else if (c != '\r') {
@@ -477,10 +473,6 @@ static void body_bytes(int i, const char *p, size_t n, int64_t t) {
             break;
         case C_EXT:
             if (c == '\n') s->chunk = s->chunk_left ? C_DATA : C_DONE;
-            if (s->chunk == C_DONE) {
-                ended(i);
-                return;
-            }
             break;
         case C_DATA: {
             size_t take = n - k < s->chunk_left ? n - k : s->chunk_left;
@@ -497,7 +489,11 @@ static void body_bytes(int i, const char *p, size_t n, int64_t t) {
             s->chunk = C_SIZE;
             break;
         case C_DONE:
-            break;
+            break; /* not reached: the stream is closed below once it gets here */
+        }
+        if (s->chunk == C_DONE) {
+            ended(i);
+            return;
         }
     }
 }
