@@ -194,8 +194,12 @@ async def event_stream(
                             if message.control is not None:
                                 last = True  # revoked, or reconnect: see access
                                 kind, _, mark = message.control.partition(" ")
-                                if kind == "reconnect" and mark.isdigit():
-                                    back = min(int(mark), last_sent)
+                                if kind == "reconnect":
+                                    # The cursor, even for a client that was
+                                    # sent no id yet: it resumes from here.
+                                    back = last_sent
+                                    if mark.isdigit():
+                                        back = min(int(mark), back)
                                     chunks[-1] = b"id: %d\n" % back + message.frame
                                 break
                         elif message.id > last_sent and (
