@@ -105,7 +105,8 @@ class StreamClient(asyncio.Protocol):
         sse = self._sse
         start = 0
         while (end := sse.find(b"\n\n", start)) >= 0:
-            if sse.startswith(b"id: ", start):
+            # An id without data (a stream's last frame) is no event.
+            if sse.startswith(b"id: ", start) and sse.find(b"\ndata:", start, end) > 0:
                 line_end = sse.find(b"\n", start)
                 self.arrivals.append((int(sse[start + 4 : line_end]), now))
             elif sse.startswith(b"event: ready", start):

@@ -58,7 +58,7 @@ enum chunk { C_SIZE, C_EXT, C_DATA, C_DATA_CR, C_DATA_LF, C_DONE };
 typedef struct {
     int fd;
     uint8_t state, chunk, chunked, counted_connecting, ever_ready;
-    uint8_t live, have_ready_id, is_ready_event, head_line;
+    uint8_t live, have_ready_id, is_ready_event, head_line, has_data;
     uint16_t line_len, sent;
     int status, retry_after;
     uint32_t chunk_left;
@@ -232,6 +232,7 @@ static void start_connect(int i) {
     s->chunk_left = 0;
     s->event_id = -1;
     s->is_ready_event = 0;
+    s->has_data = 0;
     s->connect_ns = now_ns();
     int r = connect(fd, (struct sockaddr *)&dst, sizeof dst);
     if (r < 0 && errno != EINPROGRESS) {
@@ -339,6 +340,10 @@ static void dispatch(int i, int64_t t) {
         }
         if (!first_ready_ns || t < first_ready_ns) first_ready_ns = t;
         if (t > last_ready_ns) last_ready_ns = t;
+    } else if (s->event_id >= 0 && !s->has_data) {
+        /* `id:` without data (a stopping worker's last frame): no event, but
+         * EventSource's last event id, sent when it reconnects. */
+        s->last_id = s->event_id;
     } else if (s->event_id >= 0) {
         int64_t id = s->event_id;
         c_events++;
@@ -353,6 +358,7 @@ static void dispatch(int i, int64_t t) {
     }
     s->event_id = -1;
     s->is_ready_event = 0;
+    s->has_data = 0;
 }
 
 static void sse_line(int i, int64_t t) {
@@ -378,8 +384,9 @@ static void sse_line(int i, int64_t t) {
     } else if (strncmp(l, "retry:", 6) == 0) {
         int64_t v = parse_int(l + 6);
         if (v >= 0) s->retry_ms = (int)v;
-    } else if (strncmp(l, "data:", 5) == 0 && !s->have_ready_id) {
-        const char *p = strstr(l, "\"last_id\":");
+    } else if (strncmp(l, "data:", 5) == 0) {
+        s->has_data = 1;
+        const char *p = s->have_ready_id ? NULL : strstr(l, "\"last_id\":");
         if (p && s->is_ready_event) {
             int64_t v = parse_int(p + 10);
             if (v >= 0 && s->seen_id == 0) s->seen_id = v;

@@ -5,8 +5,9 @@ One stream, five connections: a 429 with ``Retry-After: 1``; a 502 (retried
 after the initial 200 ms); a 200 whose head, padding, ``retry: 300``,
 ``ready`` and three events arrive in 5-byte chunks, then a reset; a 200 that
 must carry ``Last-Event-ID: 8``, repeats event 8 before two new ones, sends
-``retry: 250`` and ends its response with the last chunk while the
-connection stays open (as a stopping worker's streams end, through nginx); a
+its cursor without data (``id: 10``, no event) and ``retry: 250``, and ends
+its response with the last chunk while the connection stays open (as a
+stopping worker's streams end, through nginx); a
 200 that must carry ``Last-Event-ID: 10`` and sends event 11. Expected:
 statuses 429, 502, 200, 200, 200; two losses, one of them an ended response,
 and two reconnects (300 and 250 ms plus the jitter); ids 6–11 once each; one
@@ -55,7 +56,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         ids = {3: (6, 7, 8), 4: (8, 9, 10)}.get(attempt, (11,))
         body += b"".join(_event(i) for i in ids)
         if attempt == 4:
-            body += b"retry: 250\n\n"
+            body += b"id: 10\nretry: 250\n\n"
         for k in range(0, len(body), 5):
             writer.write(_chunk(body[k : k + 5]))
         if attempt == 4:
