@@ -175,6 +175,11 @@ async def event_stream(
                     yield chunk
                     if sub.ended:
                         break  # revoked meanwhile: say so now
+            # Ended already (revoked, a server stopping): the queue may hold
+            # live notifications above rows the replay never sent. Sent, they
+            # would move the client's cursor past those rows; it gets them
+            # all from its cursor when it reconnects. Only the end goes out.
+            ended = sub.ended
             del opening, viewer  # the live loop needs only its subscription
 
             keepalive = _start_heartbeat(sub, heartbeat)
@@ -202,9 +207,13 @@ async def event_stream(
                                         back = min(int(mark), back)
                                     chunks[-1] = b"id: %d\n" % back + message.frame
                                 break
-                        elif message.id > last_sent and (
-                            message.expires_at is None
-                            or message.expires_at > time.time()
+                        elif (
+                            message.id > last_sent
+                            and not ended
+                            and (
+                                message.expires_at is None
+                                or message.expires_at > time.time()
+                            )
                         ):
                             chunks.append(message.frame)
                             last_sent = message.id

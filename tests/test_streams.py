@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,13 +19,17 @@ from typing import Any
 
 import httpx
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 
-from notify import metrics, sse, wire
+from notify import metrics, sse, streams, wire
+from notify.access import reconnect_message
 from notify.broker import get_broker
 from notify.inbox import amark_read
 from notify.models import Notification
-from notify.publishing import apublish
+from notify.publishing import apublish, persist
+from notify.replay import areplay_batch
+from notify.validation import validate
 from project.asgi import application
 from tests.support.asgi import ApplicationCommunicator, http_scope
 from tests.support.metrics import scrape
@@ -366,6 +371,47 @@ async def test_openings_past_the_backlog_are_refused_at_once(tokens, settings):
     first.future.cancel()
     await first.wait(timeout=WAIT)
     await second.wait(timeout=WAIT)
+
+
+async def test_a_stream_ended_while_replaying_sends_no_live_id_past_the_replay(
+    tokens, users, settings, monkeypatch
+):
+    """A stopping server ends a stream between two batches of its replay,
+    with a newer notification queued live: the stream's last id is what it
+    replayed, so the reconnect still gets the rows the replay never sent."""
+    settings.NOTIFY_REPLAY_BATCH = 1
+    older = [await apublish(title=f"older {i}") for i in range(3)]
+    replay = areplay_batch
+
+    async def first_batch_then_stop(user_id: int, after: int, limit: int) -> Any:
+        rows = await replay(user_id, after, limit)
+        if after == 0:
+            published = await sync_to_async(persist)(
+                validate({"audience": "all", "title": "live"})
+            )
+            (sub,) = get_broker().fanout.subscriptions
+            sub.deliver(published.message)  # as the fanout would, meanwhile
+            sub.end(reconnect_message(None))  # as draining.drain() does
+        return rows
+
+    monkeypatch.setattr(streams, "areplay_batch", first_batch_then_stop)
+    scope = http_scope(
+        "GET", "/events/", tokens["alice"], accept="text/event-stream",
+        last_event_id="0",
+    )  # fmt: skip
+    communicator = ApplicationCommunicator(application, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    body = b""
+    while True:
+        message = await communicator.receive_output(timeout=WAIT)
+        body += message.get("body", b"")
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            break
+    await communicator.wait(timeout=WAIT)
+    ids = re.findall(rb"^id: (\d+)$", body, re.M)
+    # The first row, then the cursor at it: not the live one's id (4).
+    assert ids == [str(older[0].id).encode()] * 2, body
+    assert re.search(rb"id: %d\nretry: \d+\n\n$" % older[0].id, body), body
 
 
 async def test_a_cursor_of_thousands_of_digits_is_a_400_naming_it(tokens):
