@@ -206,19 +206,25 @@ class _Client:
                             await asyncio.sleep(retry)
                             continue
                         self.connections += 1
-                        event = ""
+                        event, data, event_id = "", "", None
                         async for line in response.aiter_lines():
                             name, _, value = line.partition(": ")
                             if name == "retry":
                                 retry = int(value) / 1000
                             elif name == "id":
-                                last_id = value
+                                event_id = value
                             elif name == "event":
                                 event = value
-                            elif name == "data" and event == "ready":
-                                self.ready.set()
-                            elif name == "data" and event == "notification":
-                                self.notifications.append(json.loads(value)["id"])
+                            elif name == "data":
+                                data = value
+                            elif not line:  # dispatch, as EventSource does
+                                if event_id is not None:
+                                    last_id = event_id  # even with no data
+                                if data and event == "ready":
+                                    self.ready.set()
+                                elif data and event == "notification":
+                                    self.notifications.append(json.loads(data)["id"])
+                                event, data, event_id = "", "", None
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(retry)
@@ -239,7 +245,7 @@ def _streams_per_worker(ports: list[int]) -> list[int]:
     return counts
 
 
-@pytest.mark.timeout(240)  # start migrates; each stream worker drains for 5 s
+@pytest.mark.timeout(240)  # start migrates; each stream worker drains for 10 s
 async def test_a_rolling_restart_moves_each_stream_once_and_leaves_them_balanced(
     tmp_path: Path,
 ) -> None:
@@ -247,8 +253,9 @@ async def test_a_rolling_restart_moves_each_stream_once_and_leaves_them_balanced
     streams, so they come back to it: nobody is moved twice, no worker is
     left empty, nothing is missed or repeated."""
     env, first = _small_stack(tmp_path)
-    # 20 streams a worker, ended 4 a second: a drain outlasts a start.
-    env |= {"NOTIFY_DRAIN_RATE": "4", "NOTIFY_MAX_STREAMS_PER_USER": "100"}
+    # 20 streams a worker, ended 2 a second: a drain of 10 s, of which the
+    # replacement's start (1-2 s) lets a few browsers go to the other port.
+    env |= {"NOTIFY_DRAIN_RATE": "2", "NOTIFY_MAX_STREAMS_PER_USER": "100"}
     stream_ports = [first, first + 1]
     started = await asyncio.to_thread(_stack, tmp_path, "start", **env)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -315,10 +322,12 @@ async def test_a_rolling_restart_moves_each_stream_once_and_leaves_them_balanced
         assert [c.notifications for c in clients] == [ids] * 40
         assert not any(c.refusals for c in clients)
         # Every client was moved by the restart of its own worker, and came
-        # back to that port's new worker: at most a few were moved twice.
+        # back to that port's new worker, but for the few its worker ended
+        # before the new one listened: those moved twice. (Replaced only once
+        # the old worker had exited: 60 moves, and 38 and 2 streams.)
         moves = sum(c.connections - 1 for c in clients)
         balance = _streams_per_worker(stream_ports)
-        assert 40 <= moves <= 44, [c.connections for c in clients]
+        assert 40 <= moves <= 46, [c.connections for c in clients]
         assert min(balance) >= 14, balance
     finally:
         for task in tasks:
