@@ -62,7 +62,7 @@ typedef struct {
     uint16_t line_len, sent;
     int status, retry_after;
     uint32_t chunk_left;
-    int64_t last_id;     /* last `id:` received (Last-Event-ID); 0 = none */
+    int64_t last_id;     /* last `id:` received (Last-Event-ID); -1 = none */
     int64_t seen_id;     /* for dup/gap counting: last id or ready's last_id */
     int64_t event_id;    /* `id:` of the event being parsed, -1 none */
     int64_t connect_ns;  /* when this attempt started */
@@ -254,7 +254,7 @@ static int build_request(int i, char *buf, size_t cap) {
                            "Authorization: Bearer %s\r\n",
                            tokens[i]);
     n += snprintf(buf + n, cap - n, "Accept: text/event-stream\r\nCache-Control: no-cache\r\n");
-    if (s->last_id > 0) n += snprintf(buf + n, cap - n, "Last-Event-ID: %lld\r\n", (long long)s->last_id);
+    if (s->last_id >= 0) n += snprintf(buf + n, cap - n, "Last-Event-ID: %lld\r\n", (long long)s->last_id);
     n += snprintf(buf + n, cap - n, "\r\n");
     return n;
 }
@@ -538,6 +538,7 @@ static void on_readable(int i) {
 static void pump_opens(void) {
     while (nstreams < wanted && connecting_bounded < concurrency) {
         int i = nstreams++;
+        streams[i].last_id = -1;  /* no id yet: no Last-Event-ID */
         streams[i].counted_connecting = 1;
         connecting_bounded++;
         start_connect(i);
