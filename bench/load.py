@@ -121,15 +121,17 @@ class StreamClient(asyncio.Protocol):
             del sse[:start]
 
 
-def stream_request(credential: str) -> bytes:
-    """A stream request with a bearer token, or a ``sessionid=...`` cookie."""
+def stream_request(credential: str, last_event_id: int | None = None) -> bytes:
+    """A stream request with a bearer token, or a ``sessionid=...`` cookie;
+    with ``last_event_id``, one that resumes as a reconnecting EventSource."""
     if credential.startswith("sessionid="):
         auth = f"Cookie: {credential}"
     else:
         auth = f"Authorization: Bearer {credential}"
+    resume = "" if last_event_id is None else f"Last-Event-ID: {last_event_id}\r\n"
     return (
         "GET /events/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"{auth}\r\nAccept: text/event-stream\r\n\r\n"
+        f"{auth}\r\n{resume}Accept: text/event-stream\r\n\r\n"
     ).encode()
 
 
@@ -141,8 +143,11 @@ class Streams:
         self.tokens = tokens
         self.clients: list[StreamClient] = []
 
-    async def open(self, total: int, *, concurrency: int = 64) -> None:
-        """Open streams until ``total`` are open and have sent ``ready``."""
+    async def open(
+        self, total: int, *, concurrency: int = 64, last_event_id: int | None = None
+    ) -> None:
+        """Open streams until ``total`` are open and have sent ``ready``
+        (resuming after ``last_event_id``, when given)."""
         if total > len(self.tokens):
             raise ValueError(f"{total} streams need {total} tokens")
         loop = asyncio.get_running_loop()
@@ -151,7 +156,9 @@ class Streams:
         async def one(token: str) -> None:
             async with gate:
                 _, client = await loop.create_connection(
-                    lambda: StreamClient(stream_request(token)), HOST, self.port
+                    lambda: StreamClient(stream_request(token, last_event_id)),
+                    HOST,
+                    self.port,
                 )
                 self.clients.append(client)
                 await client.ready

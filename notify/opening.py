@@ -21,7 +21,7 @@ import contextvars
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from notify.conf import conf
 from notify.credentials import Identity, identify_all
 from notify.models import Audience, Notification, RetentionMark
 from notify.prepared import Prepared, one_cursor
+from notify.replay import Replayed, replay_openings
 from notify.visibility import Viewer, load_viewers, newest_visible_id
 
 CURSOR_EXPIRED = "cursor-expired"
@@ -49,7 +50,8 @@ class Opening:
     anything was committed between this read and its subscription);
     ``cursor``: where the stream resumes from (None: only what comes next);
     ``reset``: why the client's cursor was not taken as it is;
-    ``credential`` and ``expires``: see :class:`Identity`.
+    ``credential`` and ``expires``: see :class:`Identity`;
+    ``replayed``: a resuming stream's first replay, read with its opening.
     """
 
     viewer: Viewer
@@ -59,6 +61,7 @@ class Opening:
     reset: str | None = None
     credential: int | str | None = field(default=None, repr=False)
     expires: float | None = None
+    replayed: Replayed | None = field(default=None, repr=False)
 
     @property
     def last_id(self) -> int:
@@ -156,7 +159,8 @@ def open_streams(
     """:func:`open_stream` for several requests, each answered on its own:
     ``(True, (identity, opening))``, or ``(False, exception)`` for one whose
     check raised. Credentials and groups are each read in one query for all
-    of them, the newest id of all once."""
+    of them, the newest id of all once, and the first replay of those behind
+    their viewer's newest together (:func:`replay_openings`)."""
     identities = identify_all([request for request, _ in items])
     viewers = load_viewers(
         {i.user_id for i in identities if isinstance(i, Identity) and i.user_id}
@@ -176,7 +180,33 @@ def open_streams(
                 results.append((False, exc))
             else:
                 results.append((True, (identity, opening)))
+    _replay_behind(results)
     return results
+
+
+def _replay_behind(results: list[tuple[bool, Any]]) -> None:
+    """Give each opening whose cursor is behind its first replay."""
+    behind = []
+    for index, (ok, found) in enumerate(results):
+        if ok:
+            identity, opening = found
+            if (
+                opening
+                and opening.cursor is not None
+                and opening.cursor < opening.newest
+            ):
+                behind.append((index, identity, opening))
+    if not behind:
+        return
+    wanted = [(opening.viewer, opening.cursor) for _, _, opening in behind]
+    try:
+        replays = replay_openings(wanted, conf.replay_batch)
+    except Exception as exc:
+        for index, _, _ in behind:
+            results[index] = (False, exc)
+        return
+    for (index, identity, opening), replayed in zip(behind, replays, strict=True):
+        results[index] = (True, (identity, replace(opening, replayed=replayed)))
 
 
 def _start(

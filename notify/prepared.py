@@ -263,14 +263,24 @@ class PreparedIn:
             for size in self.SIZES
         }
 
+    def _one(self, values: Sequence[Any]) -> tuple[Prepared, list[Any]]:
+        size = next(n for n in self.SIZES if n >= len(values))
+        return self._by_size[size], [*values] + [values[0]] * (size - len(values))
+
+    def instances(self, values: Sequence[Any], *extra: Any) -> list[Any]:
+        """:meth:`Prepared.instances` for at most ``SIZES[-1]`` values, in one
+        query (a query with a limit or an order cannot be run in chunks)."""
+        if not 0 < len(values) <= self.SIZES[-1]:
+            raise ValueError(f"{len(values)} values: 1 to {self.SIZES[-1]} fit")
+        prepared, padded = self._one(values)
+        return prepared.instances(*padded, *extra)
+
     def rows(self, values: Sequence[Any], *extra: Any) -> list[tuple[Any, ...]]:
         """The rows for ``values``: any number of distinct values, in any
         order (a value in two chunks would find its rows twice)."""
         found: list[tuple[Any, ...]] = []
         largest = self.SIZES[-1]
         for start in range(0, len(values), largest):
-            chunk = list(values[start : start + largest])
-            size = next(n for n in self.SIZES if n >= len(chunk))
-            chunk += [chunk[0]] * (size - len(chunk))
-            found += self._by_size[size].rows(*chunk, *extra)
+            prepared, chunk = self._one(values[start : start + largest])
+            found += prepared.rows(*chunk, *extra)
         return found

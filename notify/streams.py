@@ -160,11 +160,18 @@ async def event_stream(
             if opening.reset:
                 head += sse.event("reset", {"reason": opening.reset})
             beat = int(heartbeat) if heartbeat.is_integer() else heartbeat
-            ready = {"last_id": opening.last_id, "heartbeat": beat}
-            yield head + sse.event("ready", ready)
-            del head, ready  # held by the frame for as long as the stream
-
+            head += sse.event("ready", {"last_id": opening.last_id, "heartbeat": beat})
             after = opening.newest if opening.cursor is None else opening.cursor
+            replayed = opening.replayed
+            if replayed is not None:  # behind: its first replay came with it
+                after = replayed.through
+                if replayed.count:
+                    metrics.REPLAYED.inc(replayed.count)
+                    metrics.DELIVERED.inc(replayed.count)
+                    head += replayed.frames
+            yield head
+            del head, replayed  # held by the frame for as long as the stream
+
             last_sent = after
             # The database is read only when the client is behind, or when
             # something was dispatched between the opening read and the

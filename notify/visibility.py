@@ -40,20 +40,33 @@ class Viewer:
 def visible(user_id: int, now: datetime | None = None) -> QuerySet[Notification]:
     """Notifications addressed to this user, directly, by group or to all,
     that have not expired."""
-    now = now or timezone.now()
+    addressed = _addressed("", user_id)
+    return unexpired(Notification.objects.all(), now or timezone.now()).filter(
+        addressed
+    )
+
+
+def visible_to_any(user_ids: list[int], now: datetime) -> QuerySet[Notification]:
+    """What :func:`visible` finds for any one of ``user_ids``."""
+    addressed = _addressed("__in", user_ids)
+    return unexpired(Notification.objects.all(), now).filter(addressed)
+
+
+def _addressed(lookup: str, users: Any) -> Q:
+    """To all, or to the users that ``lookup`` (on a user id) matches
+    ``users`` with, directly or by one of their groups."""
     names = accounts.names()
     to_user = Notification.users.through.objects.filter(
-        **{names.addressed_user: user_id}
+        **{names.addressed_user + lookup: users}
     )
     to_group = Notification.groups.through.objects.filter(
-        **{f"group__{names.group_members}": user_id}
+        **{f"group__{names.group_members}{lookup}": users}
     )
-    addressed = (
+    return (
         Q(audience=Audience.ALL)
         | Q(audience=Audience.USER, id__in=to_user.values("notification_id"))
         | Q(audience=Audience.GROUP, id__in=to_group.values("notification_id"))
     )
-    return unexpired(Notification.objects.all(), now).filter(addressed)
 
 
 # After every real expiry: "never expires" compared as a date.

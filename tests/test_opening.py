@@ -62,13 +62,16 @@ def test_a_batch_gives_each_opening_what_it_would_get_alone(tokens, users):
     assert (alice.newest, alice.latest, alice.cursor) == (first.id, latest.id, first.id)
     assert bob.newest == latest.id - 1  # the group's, not carol's
     assert (carol.reset, carol.cursor, carol.newest) == (CURSOR_AHEAD, None, latest.id)
+    assert alice.replayed is None  # not behind
+    assert bob.replayed is not None and bob.replayed.count == 1
     # Alone, each opening reads its token, its groups, the newest id of all,
     # its newest visible id and, with a cursor, the retention mark. Together:
     # the five tokens in one query, the four viewers' groups in one, the
     # newest of all and the retention mark once; only the newest visible id
-    # is read per viewer.
-    assert len(each) == 5 + 4 * 3 + 2
-    assert len(together) == 1 + 1 + 1 + 4 + 1
+    # is read per viewer. Bob is behind: his replay, who its group row is
+    # addressed to, his read cursor and marks.
+    assert len(each) == 5 + 4 * 3 + 2 + 4
+    assert len(together) == 1 + 1 + 1 + 4 + 1 + 4
 
 
 def test_after_a_broadcast_no_viewer_needs_a_newest_id_query(tokens, users):

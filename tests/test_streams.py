@@ -378,14 +378,17 @@ async def test_a_stream_ended_while_replaying_sends_no_live_id_past_the_replay(
 ):
     """A stopping server ends a stream between two batches of its replay,
     with a newer notification queued live: the stream's last id is what it
-    replayed, so the reconnect still gets the rows the replay never sent."""
+    replayed, so the reconnect still gets the rows the replay never sent.
+    The first batch comes with the opening; the stream reads the second."""
     settings.NOTIFY_REPLAY_BATCH = 1
     older = [await apublish(title=f"older {i}") for i in range(3)]
     replay = areplay_batch
+    calls: list[int] = []
 
     async def first_batch_then_stop(user_id: int, after: int, limit: int) -> Any:
         rows = await replay(user_id, after, limit)
-        if after == 0:
+        calls.append(after)
+        if len(calls) == 1:
             published = await sync_to_async(persist)(
                 validate({"audience": "all", "title": "live"})
             )
@@ -409,9 +412,11 @@ async def test_a_stream_ended_while_replaying_sends_no_live_id_past_the_replay(
             break
     await communicator.wait(timeout=WAIT)
     ids = re.findall(rb"^id: (\d+)$", body, re.M)
-    # The first row, then the cursor at it: not the live one's id (4).
-    assert ids == [str(older[0].id).encode()] * 2, body
-    assert re.search(rb"id: %d\nretry: \d+\n\n$" % older[0].id, body), body
+    # Two rows, then the cursor at the second: not the live one's id (4).
+    first, second = (str(n.id).encode() for n in older[:2])
+    assert calls == [older[0].id]
+    assert ids == [first, second, second], body
+    assert re.search(rb"id: %d\nretry: \d+\n\n$" % older[1].id, body), body
 
 
 async def test_a_cursor_of_thousands_of_digits_is_a_400_naming_it(tokens):
