@@ -18,6 +18,7 @@ import httpx
 import pytest
 from uvicorn.config import Config
 
+from notify.conf import SETTINGS
 from tests.support.servers import ROOT, auth, free_ports, manage
 
 STACK = ROOT / "scripts" / "stack"
@@ -74,6 +75,19 @@ def test_a_chosen_worker_nice_is_kept_and_a_wrong_one_refused(tmp_path: Path) ->
         assert "NOTIFY_STACK_WORKER_NICE must be a whole number from 0 to 19" in (
             refused.stderr
         )
+
+
+def test_the_stack_sizes_stopping_for_the_servers_default_drain_rate(
+    tmp_path: Path,
+) -> None:
+    """Unset, NOTIFY_DRAIN_RATE is the same number to the stack, which sizes
+    uvicorn's grace period for it, as to the servers, which drain at it."""
+    [default] = [s.default for s in SETTINGS if s.name == "NOTIFY_DRAIN_RATE"]
+    sizing = _stack(tmp_path, "sizing")
+    assert sizing.returncode == 0, sizing.stderr
+    found = re.search(r"ends its streams (\d+) a second", sizing.stdout)
+    assert found, sizing.stdout
+    assert int(found.group(1)) == default
 
 
 def _small_stack(tmp_path: Path) -> tuple[dict[str, str], int]:
