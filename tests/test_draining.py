@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from notify.broker.base import Fanout, Subscription
+from notify.access import reconnect_message
+from notify.broker.base import Fanout, Message, Subscription
 from notify.draining import drain
 from tests.support.metrics import scrape
 from tests.support.servers import UvicornServer, auth, wait_for
@@ -204,3 +205,23 @@ async def test_the_drain_paces_its_ends_and_ends_streams_opened_meanwhile():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_full_queue_still_takes_its_end_and_the_stream_is_not_cut():
+    owner = asyncio.create_task(asyncio.sleep(60))
+    sub = Subscription(["all"], 2, owner=owner)
+    live = [Message(i, ("all",), b"id: %d\n\n" % i) for i in (1, 2)]
+    for message in live:
+        sub.deliver(message)
+    assert sub.full()
+    end = reconnect_message(None)
+
+    sub.end(end)
+
+    assert sub.drain(8) == [*live, end]
+    assert not sub.lagged and not owner.cancelled()
+    sub.deliver(Message(3, ("all",), b"id: 3\n\n"))  # nothing after the end
+    assert sub.drain(8) == ()
+    owner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await owner

@@ -157,6 +157,9 @@ class Subscription:
             if self.owner is not None:
                 self.owner.cancel()
             return
+        self._queue(message)
+
+    def _queue(self, message: Message) -> None:
         self._items.append(message)
         waiter = self._waiter
         if waiter is not None:
@@ -165,8 +168,11 @@ class Subscription:
                 waiter.set_result(None)
 
     def end(self, message: Message) -> None:
-        """Queue ``message`` as the last one: nothing is queued after it."""
-        self.deliver(message)
+        """Queue ``message`` as the last one: nothing is queued after it.
+        A full queue takes it too: the stream then ends as told (a revocation,
+        a server stopping, with its cursor) rather than being cut."""
+        if not (self.lagged or self.ended):
+            self._queue(message)
         self.ended = True
 
     def close(self) -> None:
