@@ -450,6 +450,37 @@ async def test_redis_brokers_with_one_prefix_share_messages(redis_url, channel):
         assert ids(await receive(on_two, 2)) == [1, 2]
 
 
+async def _until_present(broker: Broker, want: set[str]) -> None:
+    async with asyncio.timeout(WAIT):
+        while True:
+            if await broker.present_channels() == want:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_presence_follows_a_process_streams_and_survives_a_lost_key(
+    redis_url, redis_client
+):
+    """What one process writes of who is connected there, as another one
+    reads it: users who come and go, and the whole set again once the key
+    was lost (as after a Redis restart)."""
+    history = ListHistory()
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    one = _redis(redis_url, prefix, history, resync_seconds=0.2)
+    two = _redis(redis_url, prefix, history, resync_seconds=30.0)
+    async with _closing(one, two):
+        async with one.subscribe(["all", "user:1"]):
+            async with one.subscribe(["all", "user:2"]):
+                await _until_present(two, {"user:1", "user:2"})
+            await _until_present(two, {"user:1"})
+            assert isinstance(one, RedisBroker)
+            await redis_client.delete(f"{prefix}presence:{one.instance}")
+            await _until_present(two, {"user:1"})
+            async with one.subscribe(["user:3"]):
+                await _until_present(two, {"user:1", "user:3"})
+        await _until_present(two, set())
+
+
 async def test_redis_brokers_with_different_prefixes_are_isolated(redis_url, channel):
     history_one, history_two = ListHistory(), ListHistory()
     one = _redis(redis_url, "test:one:" + uuid.uuid4().hex[:8], history_one)

@@ -154,6 +154,7 @@ class RedisBroker(Broker):
         self._task: asyncio.Task[None] | None = None
         self._resync_due = False
         self._next_resync = 0.0
+        self._presence: set[str] | None = None  # the set last written, if known
         self._slot_set = f"{prefix}slots"
         self._slot_key = f"{prefix}slots:{self.instance}"
         self._admit_script = self._client.register_script(_ADMIT)
@@ -441,14 +442,37 @@ class RedisBroker(Broker):
             logger.exception("resync from the database failed")
 
     async def _refresh_presence(self) -> None:
+        """Bring this process's presence set up to date and keep it alive.
+
+        Only the users who came or went since the last refresh are written
+        (with tens of thousands of streams the whole set was as many
+        arguments to encode every few seconds, on the event loop); the whole
+        set again when the key was gone (Redis restarted, or this loop
+        stalled past its expiry) or the last write failed."""
         key = f"{self.prefix}presence:{self.instance}"
-        channels = sorted(await super().present_channels())
+        ttl = max(int(self.resync_seconds * 3), 3)
+        channels = await super().present_channels()
+        written, self._presence = self._presence, None  # unknown until written
+        if written is not None:
+            added, removed = channels - written, written - channels
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.expire(key, ttl)  # 0: no key, so not what was written
+                if added:
+                    pipe.sadd(key, *added)
+                if removed:
+                    pipe.srem(key, *removed)
+                pipe.expire(key, ttl)
+                kept = (await pipe.execute())[0]
+            if kept or not written:  # an empty set is no key in Redis
+                self._presence = channels
+                return
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             if channels:
                 pipe.sadd(key, *channels)
-                pipe.expire(key, max(int(self.resync_seconds * 3), 3))
+                pipe.expire(key, ttl)
             await pipe.execute()
+        self._presence = channels
 
     async def present_channels(self) -> set[str]:
         """User channels with an open stream in any process (a few seconds stale)."""
