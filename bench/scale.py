@@ -27,6 +27,7 @@ from typing import Any
 
 from bench import report, scale_report, servers
 from bench.loadgen import PER_PROCESS, Fleet
+from bench.probes import Profiler
 from bench.scale_phases import Prober, Publisher
 from bench.scale_stack import Stack
 from bench.scale_steps import Settings, broadcast_step, open_step, rate_ladder
@@ -59,6 +60,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NOTIFY_NAME=VALUE",
         help="a setting for the workers (repeatable), e.g. NOTIFY_OPEN_BACKLOG=100",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the first worker while the top step opens, and the restarted "
+        "worker of the kill storm until every stream is back",
     )
     p.add_argument(
         "--keep-logs",
@@ -101,6 +108,7 @@ async def _run(args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> 
         deliver_timeout=30 + top * 0.0006,
         restart_delay=args.restart_delay,
     )
+    profiler = Profiler(True, RESULTS) if args.profile else None
     _log(f"seeding {top} users; stack in {stack.dir}")
     viewers, publisher_token = await asyncio.to_thread(stack.seed, top)
     fleet: Fleet | None = None
@@ -120,7 +128,10 @@ async def _run(args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> 
         before = 0
         for n in args.counts:
             _log(f"opening {n} streams")
-            step: dict[str, Any] = {"open": await open_step(stack, fleet, n, before)}
+            profiling = profiler if n == top else None
+            step: dict[str, Any] = {
+                "open": await open_step(stack, fleet, n, before, profiling)
+            }
             _log(scale_report.open_line(step["open"]))
             out["steps"].append(step)
             before = n
@@ -141,7 +152,7 @@ async def _run(args: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> 
                 try:
                     prober = Prober(stack.port, viewers[0])
                     found = await storm(
-                        kind, stack, fleet, publisher, prober, top, settings
+                        kind, stack, fleet, publisher, prober, top, settings, profiler
                     )
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     found = {"kind": kind, "error": f"{type(exc).__name__}: {exc}"}

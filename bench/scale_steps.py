@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.loadgen import Fleet, hist_quantile
+from bench.probes import Profiler
 from bench.scale_phases import Prober, Publisher, deliveries, summary_ms, wait_delivered
 from bench.scale_stack import Stack, established
 
@@ -52,15 +53,26 @@ def worker_table(stack: Stack) -> list[dict[str, Any]]:
     return rows
 
 
-async def open_step(stack: Stack, fleet: Fleet, n: int, before: int) -> dict[str, Any]:
+async def open_step(
+    stack: Stack, fleet: Fleet, n: int, before: int, profiler: Profiler | None = None
+) -> dict[str, Any]:
+    """Open streams up to ``n``; with ``profiler``, py-spy the first worker
+    meanwhile."""
     base_rss = sum(s.rss_kb for s in stack.samples().values())
     base_nginx = stack.nginx_rss_kb()
     workers_cpu, nginx_cpu = stack.cpu()
     gen_cpu = (await fleet.stats())["cpu_s"]
     await fleet.reset()
+    if profiler is not None:
+        port, pid = min(stack.worker_pids().items())
+        await profiler.start(pid, f"scale-{n}-open-{port}")
     started = time.time_ns()
-    await fleet.open(n)
-    stats = await wait_ready(fleet, n, within=60 + n * 0.02)
+    try:
+        await fleet.open(n)
+        stats = await wait_ready(fleet, n, within=60 + n * 0.02)
+    finally:
+        if profiler is not None:
+            await profiler.stop()
     workers_cpu2, nginx_cpu2 = stack.cpu()
     added = max(1, n - before)
     last_ready = stats["last_ready_ns"] or time.time_ns()  # none ready: until now

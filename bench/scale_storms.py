@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from bench.loadgen import Fleet, hist_quantile
+from bench.probes import Profiler
 from bench.scale_phases import (
     Prober,
     Publisher,
@@ -46,7 +47,10 @@ async def storm(
     prober: Prober,
     n: int,
     s: Settings,
+    profiler: Profiler | None = None,
 ) -> dict[str, Any]:
+    """With ``profiler``, py-spy the restarted worker of a ``kill`` until
+    every stream is back."""
     await wait_ready(fleet, n, within=60 + n * 0.01)
     await fleet.reset()
     publisher.take()
@@ -59,8 +63,15 @@ async def storm(
         await asyncio.sleep(s.interval + 0.5)
         began = time.time_ns()
         result |= await _disturb(kind, stack, s)
+        if profiler is not None and kind == "kill":
+            port = result["killed_port"]
+            await profiler.start(stack.worker_pids()[port], f"scale-{n}-kill-{port}")
         timeline: list[list[float]] = []
-        stats = await wait_ready(fleet, n, within=120 + n * 0.01, timeline=timeline)
+        try:
+            stats = await wait_ready(fleet, n, within=120 + n * 0.01, timeline=timeline)
+        finally:
+            if profiler is not None:
+                await profiler.stop()
         # streaming over time, from the end of the kill/restart command
         result["timeline"] = timeline[:: max(1, -(-len(timeline) // 60))]
         recovered = stats["last_ready_ns"] if stats["reconnects"] else began
