@@ -122,12 +122,47 @@ def bearer(request: HttpRequest) -> Bearer:
 
 TOUCH_EVERY = 60.0  # seconds between two writes of a token's last_used_at
 
-# When this process last wrote (or found fresh) a token's last_used_at, by its
-# key hash (not the id: a deleted token's id can come back), or rather by that
-# string's own hash, an int a fraction of its size: there is one entry per
-# token seen in the last minute, thousands in a reconnect storm (a collision
-# only skips a write).
-_touched: dict[int, float] = {}
+
+class _Seen:
+    """When this process last wrote (or found fresh) a token's last_used_at,
+    by its key hash (not the id: a deleted token's id can come back), or
+    rather by that string's own hash, an int a fraction of its size: there is
+    one entry per token seen in the last minute, thousands in a reconnect
+    storm (a collision only skips a write)."""
+
+    KEEP = 10_000  # entries kept before the first look for stale ones
+
+    def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+        self.prune_above = self.KEEP
+        self.prunes = 0
+
+    def due(self, key_hash: str, now: float) -> bool:
+        """Whether the token's use is to be written now (it then counts as
+        written): not when it was, or was found fresh, within a minute."""
+        seen = hash(key_hash)
+        if now - self.at.get(seen, -TOUCH_EVERY) < TOUCH_EVERY:
+            return False
+        if len(self.at) > self.prune_above:
+            self._prune(now)
+        self.at[seen] = now
+        return True
+
+    def forget(self, key_hash: str) -> None:
+        self.at.pop(hash(key_hash), None)
+
+    def _prune(self, now: float) -> None:
+        """Forget the tokens not seen for a minute. The next look is once
+        the entries have doubled: a storm of thousands of tokens, all seen
+        within the minute, would otherwise be looked through at every use."""
+        self.prunes += 1
+        for key, at in list(self.at.items()):
+            if now - at >= TOUCH_EVERY:
+                del self.at[key]
+        self.prune_above = max(self.KEEP, 2 * len(self.at))
+
+
+_touched = _Seen()
 
 # The writes run on a thread of their own, so that authenticating never waits
 # for the database's write lock (SQLite's is held by every publish, and may be
@@ -144,15 +179,8 @@ def touch(key_hash: str) -> None:
     their own and go out together, one UPDATE per 100 tokens: a reconnect
     storm of thousands of tokens costs a few dozen statements, and the caller
     never waits for the database."""
-    now = time.monotonic()
-    seen = hash(key_hash)
-    if now - _touched.get(seen, -TOUCH_EVERY) < TOUCH_EVERY:
+    if not _touched.due(key_hash, time.monotonic()):
         return
-    if len(_touched) > 10_000:  # forget tokens not seen for a minute
-        for key, at in list(_touched.items()):
-            if now - at >= TOUCH_EVERY:
-                del _touched[key]
-    _touched[seen] = now
     with _pending_lock:
         first = not _pending
         _pending.add(key_hash)
@@ -200,7 +228,7 @@ def write_used() -> None:
             APIToken.objects.filter(stale, key_hash__in=chunk).update(last_used_at=used)
         except DatabaseError as exc:
             for key in chunk:
-                _touched.pop(hash(key), None)  # tried again at its next use
+                _touched.forget(key)  # tried again at its next use
             logger.warning("API tokens' last use was not recorded (%s)", exc)
 
 

@@ -153,3 +153,21 @@ def test_many_tokens_are_written_in_short_statements(alice):
         tokens_module.write_used()
     assert len(_writes(queries)) == 3
     assert not APIToken.objects.filter(last_used_at__isnull=True).exists()
+
+
+def test_a_storm_of_fresh_tokens_is_looked_through_a_few_times_not_at_each_use():
+    """Every token of a storm is seen within the minute, so none can be
+    forgotten: the process looks for stale entries again only once it holds
+    twice as many, not at each of the thousands of uses."""
+    seen = tokens_module._Seen()
+    uses = 50_000
+    assert all(seen.due(f"key-{n}", 1000.0) for n in range(uses))
+    assert not seen.due("key-7", 1001.0)  # written a second ago
+    assert len(seen.at) == uses
+    assert seen.prunes <= 3  # at 10,000, 20,000 and 40,000 entries
+
+    # A minute on, the old entries go at the next look.
+    seen.prune_above = 0
+    assert seen.due("key-new", 1000.0 + tokens_module.TOUCH_EVERY)
+    assert len(seen.at) == 1
+    assert seen.due("key-7", 1000.0 + tokens_module.TOUCH_EVERY)
