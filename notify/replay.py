@@ -19,9 +19,9 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from notify import accounts, wire
-from notify.models import Audience, Notification, ReadCursor, ReadMark
+from notify.models import Audience, ReadCursor, ReadMark
 from notify.prepared import Prepared, PreparedIn
-from notify.visibility import Viewer, visible, visible_to_any
+from notify.visibility import Viewer, links, visible, visible_to_any
 
 
 @cache
@@ -84,23 +84,16 @@ def _replay_any(limit: int) -> PreparedIn:
 
 
 def _user_links(users: list[int], after: int, through: int) -> Any:
-    column = accounts.names().addressed_user
-    links = Notification.users.through.objects.filter(
-        **{f"{column}__in": users},
-        notification_id__gt=after,
-        notification_id__lte=through,
-    )
-    return links.values_list("notification_id", column)
+    to_user, _ = links("__in", users)
+    between = to_user.filter(notification_id__gt=after, notification_id__lte=through)
+    return between.values_list("notification_id", accounts.names().addressed_user)
 
 
 def _group_links(users: list[int], after: int, through: int) -> Any:
+    _, to_group = links("__in", users)
+    between = to_group.filter(notification_id__gt=after, notification_id__lte=through)
     member = f"group__{accounts.names().group_members}"
-    links = Notification.groups.through.objects.filter(
-        **{f"{member}__in": users},
-        notification_id__gt=after,
-        notification_id__lte=through,
-    )
-    return links.values_list("notification_id", member)
+    return between.values_list("notification_id", member)
 
 
 # (notification id, user id): addressed to that user, directly or by a group

@@ -52,9 +52,10 @@ def visible_to_any(user_ids: list[int], now: datetime) -> QuerySet[Notification]
     return unexpired(Notification.objects.all(), now).filter(addressed)
 
 
-def _addressed(lookup: str, users: Any) -> Q:
-    """To all, or to the users that ``lookup`` (on a user id) matches
-    ``users`` with, directly or by one of their groups."""
+def links(lookup: str, users: Any) -> tuple[QuerySet[Any], QuerySet[Any]]:
+    """The rows that address notifications to the users that ``lookup`` (on
+    a user id) matches ``users`` with: directly, and by one of their groups
+    (as the group is now)."""
     names = accounts.names()
     to_user = Notification.users.through.objects.filter(
         **{names.addressed_user + lookup: users}
@@ -62,6 +63,13 @@ def _addressed(lookup: str, users: Any) -> Q:
     to_group = Notification.groups.through.objects.filter(
         **{f"group__{names.group_members}{lookup}": users}
     )
+    return to_user, to_group
+
+
+def _addressed(lookup: str, users: Any) -> Q:
+    """To all, or to the users that ``lookup`` matches ``users`` with
+    (:func:`links`)."""
+    to_user, to_group = links(lookup, users)
     return (
         Q(audience=Audience.ALL)
         | Q(audience=Audience.USER, id__in=to_user.values("notification_id"))
